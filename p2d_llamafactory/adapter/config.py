@@ -1,0 +1,76 @@
+"""Which weight slices train, and the standard LoRA config that encodes them exactly.
+
+A head's q/k/v rows R of W: dW[R, :] = B @ A with B a fixed one-hot (d_out x |R|) and A trainable.
+A head's o columns C of W: dW[:, C] = B @ A with A a fixed one-hot (|C| x d_in) and B trainable.
+Each module gets rank |R| (or |C|) and alpha equal to its rank, so the LoRA scaling is exactly 1.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from peft import LoraConfig, TaskType
+
+from ..heads.layout import AttentionLayout
+
+
+ROW_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj"}
+COLUMN_PROJECTIONS = {"o": "o_proj"}
+
+
+@dataclass(frozen=True)
+class SliceTarget:
+    """The slice of one linear layer that trains: output rows (q/k/v) or input columns (o)."""
+
+    module: str
+    kind: Literal["rows", "cols"]
+    index: tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.index)
+
+
+def _span(blocks: list[int], size: int) -> tuple[int, ...]:
+    return tuple(i for block in blocks for i in range(block * size, (block + 1) * size))
+
+
+def slice_targets(
+    layout: AttentionLayout, selected: list[tuple[int, int]], modules: tuple[str, ...]
+) -> list[SliceTarget]:
+    """The trainable slices of the selected heads; under GQA a head's k/v rows are those of its KV head."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in selected:
+        by_layer.setdefault(layer, []).append(head)
+    targets = []
+    for layer in sorted(by_layer):
+        heads = sorted(set(by_layer[layer]))
+        groups = sorted({layout.kv_head(h) for h in heads})
+        prefix = layout.attention_modules[layer]
+        for name in modules:
+            if name == "q":
+                targets.append(SliceTarget(f"{prefix}.q_proj", "rows", _span(heads, layout.head_dim)))
+            elif name in ("k", "v"):
+                targets.append(SliceTarget(f"{prefix}.{ROW_PROJECTIONS[name]}", "rows", _span(groups, layout.head_dim)))
+            elif name == "o":
+                targets.append(SliceTarget(f"{prefix}.o_proj", "cols", _span(heads, layout.head_dim)))
+    return targets
+
+
+def lora_config(targets: list[SliceTarget]) -> LoraConfig:
+    """A plain LoRA config (loadable by stock peft and LLaMA-Factory) with one rank per targeted module."""
+    if not targets:
+        raise ValueError("No head slices to train: the head set selects no heads.")
+    ranks = {re.escape(t.module): t.rank for t in targets}
+    default_rank = targets[0].rank
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=default_rank,
+        lora_alpha=default_rank,
+        target_modules=[t.module for t in targets],
+        rank_pattern=ranks,
+        alpha_pattern=dict(ranks),
+        lora_dropout=0.0,
+        bias="none",
+        inference_mode=False,
+    )

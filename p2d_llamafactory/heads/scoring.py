@@ -1,0 +1,133 @@
+"""Head sensitivity scores: W1 / cosine between weight distributions, |weight x gradient|, random.
+
+For query head h in KV group g: W_comp = Wq_h (Wk_g^T Wv_g), with Wq_h, Wk_g, Wv_g the d_model x d_head
+projections (nn.Linear stores their transposes). P_h = Softmax(Flatten(W_comp) / tau). The product is
+associated so that no d_model x d_model matrix is formed, and everything runs in float64: the entries are
+tiny, so the softmaxes are near-uniform and float32 round-off would swamp the base-vs-proxy difference.
+"""
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .layout import AttentionLayout, projection_weights
+
+
+def composite_flat(q_w: torch.Tensor, k_w: torch.Tensor, v_w: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """Flattened W_comp of every query head of one layer: (num_heads, d_model * head_dim), float64."""
+    d, hidden = layout.head_dim, layout.hidden_size
+    q = q_w.detach().to(torch.float64).view(layout.num_heads, d, hidden)
+    k = k_w.detach().to(torch.float64).view(layout.num_kv_heads, d, hidden)
+    v = v_w.detach().to(torch.float64).view(layout.num_kv_heads, d, hidden)
+    kv = k @ v.transpose(1, 2)  # Wk_g^T Wv_g: (groups, d, d)
+    kv = kv.repeat_interleave(layout.group_size, dim=0)  # one per query head
+    comp = q.transpose(1, 2) @ kv  # Wq_h (Wk^T Wv): (heads, d_model, d)
+    return comp.reshape(layout.num_heads, hidden * d)
+
+
+def head_distributions(flat: torch.Tensor, temperature: float) -> torch.Tensor:
+    """P = Softmax(Flatten(W_comp) / tau) per head, in float64."""
+    return torch.softmax(flat.to(torch.float64) / temperature, dim=-1)
+
+
+def w1_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Exact W1 between distributions on the shared support 0..n-1 (unit spacing): sum |CDF_p - CDF_q|.
+
+    O(n) per row; equal to ``scipy.stats.wasserstein_distance(x, x, p, q)`` with ``x = arange(n)``.
+    """
+    cdf_gap = torch.cumsum(p - q, dim=-1)[..., :-1]
+    return cdf_gap.abs().sum(dim=-1)
+
+
+def cosine_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity between the same distributions (the cheap baseline of the paper's Table 14)."""
+    return 1.0 - torch.nn.functional.cosine_similarity(p, q, dim=-1)
+
+
+DISTANCES = {"w1": w1_distance, "cosine": cosine_distance}
+
+
+def weight_scores(
+    base: nn.Module,
+    other: nn.Module,
+    layout: AttentionLayout,
+    method: str,
+    temperature: float,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Distance between base and other (proxy or task model) for every head: (num_layers, num_heads)."""
+    distance = DISTANCES[method]
+    scores = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+    for layer in tqdm(range(layout.num_layers), desc=f"P2D head scoring ({method})", disable=not progress):
+        dists = []
+        for model in (base, other):
+            w = projection_weights(model, layout, layer)
+            dists.append(head_distributions(composite_flat(w["q"], w["k"], w["v"], layout), temperature))
+        scores[layer] = distance(*dists).cpu()
+    return scores
+
+
+def slice_magnitudes(weights: Mapping[str, torch.Tensor], layout: AttentionLayout) -> torch.Tensor:
+    """Sum of |weights| over each query head's q rows, its group's k and v rows, and its o columns."""
+    d = layout.head_dim
+    q = weights["q"].view(layout.num_heads, d, -1).sum(dim=(1, 2))
+    k = weights["k"].view(layout.num_kv_heads, d, -1).sum(dim=(1, 2)).repeat_interleave(layout.group_size)
+    v = weights["v"].view(layout.num_kv_heads, d, -1).sum(dim=(1, 2)).repeat_interleave(layout.group_size)
+    o = weights["o"].view(-1, layout.num_heads, d).sum(dim=(0, 2))
+    return q + k + v + o
+
+
+def gradient_scores(
+    model: nn.Module,
+    layout: AttentionLayout,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    num_label_tokens: int,
+    progress: bool = True,
+) -> torch.Tensor:
+    """SNIP-style sensitivity: |W * dL/dW| summed over each head's slices, with L the mean token loss."""
+    params = [w for layer in range(layout.num_layers) for w in projection_weights(model, layout, layer).values()]
+    flags = [p.requires_grad for p in params]
+    grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    was_training = model.training
+    model.eval()
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for batch in tqdm(list(batches), desc="P2D head scoring (gradient)", disable=not progress):
+            loss = model(**batch).loss * _label_tokens(batch) / num_label_tokens
+            for acc, g in zip(grads, torch.autograd.grad(loss, params)):
+                acc += g.float()
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    scores = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+    names = ("q", "k", "v", "o")
+    for layer in range(layout.num_layers):
+        chunk = slice(4 * layer, 4 * layer + 4)
+        snip = {n: (p.detach().float() * g).abs() for n, p, g in zip(names, params[chunk], grads[chunk])}
+        scores[layer] = slice_magnitudes(snip, layout).double().cpu()
+    return scores
+
+
+def _label_tokens(batch: Mapping[str, torch.Tensor]) -> int:
+    return int((batch["labels"][..., 1:] != -100).sum())
+
+
+def random_scores(layout: AttentionLayout, seed: int) -> torch.Tensor:
+    """Uniform random scores: the paper's random-heads baseline."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(layout.num_layers, layout.num_heads, generator=generator, dtype=torch.float64)
+
+
+def select_top(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """The k highest-scoring (layer, head) pairs; ties go to the lower (layer, head). Sorted by position."""
+    flat = scores.detach().cpu().double().numpy().ravel()
+    if np.isnan(flat).any():
+        raise ValueError("Head scores contain NaN; the proxy training diverged (lower `p2d_fhi_lr`).")
+    order = np.lexsort((np.arange(flat.size), -flat))[:k]
+    num_heads = scores.shape[1]
+    return sorted((int(i) // num_heads, int(i) % num_heads) for i in order)

@@ -1,0 +1,44 @@
+"""The only place that touches LLaMA-Factory internals.
+
+Each patch replaces one LLaMA-Factory function with a wrapper of the same name that calls the original;
+``p2d_llamafactory._autoload`` applies them right after the patched module executes:
+
+- ``llamafactory.hparams.parser``: ``get_train_args``, ``get_infer_args``, ``_verify_model_args`` and the
+  argument-class lists (see ``integration.hparams``)
+- ``llamafactory.model.adapter``: ``init_adapter`` (see ``integration.model``)
+- ``llamafactory.data.loader``: ``get_dataset`` (see ``integration.data``)
+"""
+
+import functools
+import logging
+from collections.abc import Callable
+from types import ModuleType
+
+
+def wrap(module: ModuleType, name: str, wrapper: Callable) -> None:
+    """Replace ``module.name`` by ``wrapper(original, *args, **kwargs)``, once."""
+    original = getattr(module, name)
+    if getattr(original, "__p2d_original__", None) is not None:
+        return
+
+    @functools.wraps(original)
+    def patched(*args, **kwargs):
+        return wrapper(original, *args, **kwargs)
+
+    patched.__p2d_original__ = original
+    setattr(module, name, patched)
+
+
+def share_llamafactory_logging() -> None:
+    """Send the ``p2d_llamafactory`` loggers to LLaMA-Factory's handler so P2D messages show in its logs."""
+    from llamafactory.extras import logging as lf_logging
+
+    lf_root = lf_logging.get_logger("llamafactory")
+    while lf_root.parent is not None and not lf_root.handlers:
+        lf_root = lf_root.parent
+    ours = logging.getLogger("p2d_llamafactory")
+    if not ours.handlers:
+        for handler in lf_root.handlers:
+            ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False

@@ -1,0 +1,156 @@
+"""Patches of ``llamafactory.hparams.parser``: the ``p2d_*`` keys and ``finetuning_type: p2d_heads``."""
+
+import copy
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal
+
+from llamafactory.hparams.finetuning_args import FinetuningArguments
+
+from ..hparams import P2DArguments, heads_to_select
+from . import share_llamafactory_logging, wrap
+from .context import CURRENT
+
+
+FINETUNING_TYPES = ("lora", "oft", "freeze", "full", "p2d_heads")
+P2D_STAGES = ("sft",)
+# options of other methods that P2D head adaptation cannot combine with
+_INCOMPATIBLE = {
+    "use_llama_pro": False,
+    "use_galore": False,
+    "use_apollo": False,
+    "use_badam": False,
+    "pissa_init": False,
+    "use_dora": False,
+    "use_rslora": False,
+    "loraplus_lr_ratio": None,
+}
+
+
+@dataclass
+class P2DFinetuningArguments(FinetuningArguments, P2DArguments):
+    r"""LLaMA-Factory's fine-tuning arguments plus ``finetuning_type: p2d_heads`` and the ``p2d_*`` keys."""
+
+    finetuning_type: Literal["lora", "oft", "freeze", "full", "p2d_heads"] = field(
+        default="lora",
+        metadata={"help": "Which fine-tuning method to use (p2d_heads: P2D sparse attention-head adaptation)."},
+    )
+
+    def __post_init__(self):
+        if self.finetuning_type not in FINETUNING_TYPES:
+            raise ValueError(f"`finetuning_type` must be one of {', '.join(FINETUNING_TYPES)}; got {self.finetuning_type!r}.")
+        P2DArguments.__post_init__(self)
+        if self.p2d_head_modules is not None and self.finetuning_type != "p2d_heads":
+            raise ValueError(
+                f"`p2d_head_modules` only applies to `finetuning_type: p2d_heads` (got {self.finetuning_type!r})."
+            )
+        if self.finetuning_type == "p2d_heads":
+            self._check_p2d_heads_compatible()
+        requested = self.finetuning_type
+        if requested == "p2d_heads":  # the base class validates the other options as for a non-LoRA method
+            self.finetuning_type = "freeze"
+        try:
+            FinetuningArguments.__post_init__(self)
+        finally:
+            self.finetuning_type = requested
+
+    def _check_p2d_heads_compatible(self) -> None:
+        if self.stage not in P2D_STAGES:
+            raise ValueError(
+                f"`finetuning_type: p2d_heads` supports `stage` {', '.join(P2D_STAGES)}; got {self.stage!r}."
+            )
+        for key, neutral in _INCOMPATIBLE.items():
+            if getattr(self, key) != neutral:
+                raise ValueError(f"`{key}` cannot be combined with `finetuning_type: p2d_heads`.")
+
+
+def as_lora(finetuning_args: FinetuningArguments) -> FinetuningArguments:
+    """A shallow copy that LLaMA-Factory treats as LoRA: P2D adapters are standard LoRA adapters."""
+    clone = copy.copy(finetuning_args)
+    clone.finetuning_type = "lora"
+    return clone
+
+
+def check_model_for_p2d(model_args: Any, finetuning_args: P2DFinetuningArguments, do_train: bool) -> None:
+    """Checks that need the model's config (not its weights): run before any data or weights are loaded."""
+    from transformers import AutoConfig
+
+    from ..heads.headset import HeadSet
+    from ..heads.layout import UnsupportedModelError, layout_from_config
+
+    if model_args.quantization_bit is not None:
+        raise ValueError(
+            f"`finetuning_type: p2d_heads` trains weight slices of the full-precision model; `quantization_bit="
+            f"{model_args.quantization_bit}` is not supported."
+        )
+    if do_train and model_args.adapter_name_or_path is not None:
+        raise ValueError(
+            "`finetuning_type: p2d_heads` training starts from the base model; merge `adapter_name_or_path` first "
+            "(llamafactory-cli export) or continue a run with `resume_from_checkpoint`."
+        )
+    if model_args.use_unsloth or getattr(model_args, "use_kt", False):
+        raise ValueError("`finetuning_type: p2d_heads` does not support `use_unsloth` or `use_kt`.")
+    if not do_train:
+        return
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    if getattr(config, "quantization_config", None) is not None:
+        raise ValueError(
+            f"`finetuning_type: p2d_heads` needs a full-precision model; {model_args.model_name_or_path} is quantized."
+        )
+    try:
+        layout = layout_from_config(config)
+    except UnsupportedModelError as err:
+        raise ValueError(f"`finetuning_type: p2d_heads` cannot slice this model's heads: {err}") from None
+    if heads_to_select(finetuning_args.p2d_head_ratio, layout.total_heads) < 1:
+        minimum = 0.5 / layout.total_heads
+        raise ValueError(
+            f"`p2d_head_ratio: {finetuning_args.p2d_head_ratio}` selects 0 of the {layout.total_heads} heads of this "
+            f"model; use a value in [{minimum:.4g}, 1]."
+        )
+    if finetuning_args.p2d_heads_file is not None:
+        HeadSet.load(finetuning_args.p2d_heads_file).check_shape(layout)
+    if finetuning_args.p2d_task_model is not None:
+        task_config = AutoConfig.from_pretrained(finetuning_args.p2d_task_model)
+        if task_config.model_type != config.model_type:
+            raise ValueError(
+                f"`p2d_task_model` is a {task_config.model_type} model; the base model is {config.model_type}."
+            )
+        task_layout = layout_from_config(task_config)
+        if task_layout.shape() != layout.shape():
+            raise ValueError(
+                f"`p2d_task_model` has attention shape {task_layout.shape()}; the base model has {layout.shape()}."
+            )
+
+
+def get_train_args(original, args=None):
+    """Parse as usual, then run the P2D checks that need the model config, before anything is loaded."""
+    model_args, data_args, training_args, finetuning_args, generating_args = original(args)
+    if finetuning_args.finetuning_type == "p2d_heads":
+        check_model_for_p2d(model_args, finetuning_args, training_args.do_train)
+    CURRENT.training_args = training_args
+    return model_args, data_args, training_args, finetuning_args, generating_args
+
+
+def get_infer_args(original, args=None):
+    """Parse as usual; P2D adapters load for chat/export like LoRA adapters."""
+    model_args, data_args, finetuning_args, generating_args = original(args)
+    if finetuning_args.finetuning_type == "p2d_heads":
+        check_model_for_p2d(model_args, finetuning_args, do_train=False)
+    return model_args, data_args, finetuning_args, generating_args
+
+
+def _verify_model_args(original, model_args, data_args, finetuning_args):
+    """Let ``finetuning_type: p2d_heads`` load adapters as LoRA does."""
+    if finetuning_args.finetuning_type == "p2d_heads":
+        finetuning_args = as_lora(finetuning_args)
+    return original(model_args, data_args, finetuning_args)
+
+
+def patch_parser(module: ModuleType) -> None:
+    for name in ("_TRAIN_ARGS", "_INFER_ARGS", "_EVAL_ARGS", "_TRAIN_MCA_ARGS"):
+        classes = getattr(module, name)
+        classes[:] = [P2DFinetuningArguments if cls is FinetuningArguments else cls for cls in classes]
+    wrap(module, "get_train_args", get_train_args)
+    wrap(module, "get_infer_args", get_infer_args)
+    wrap(module, "_verify_model_args", _verify_model_args)
+    share_llamafactory_logging()

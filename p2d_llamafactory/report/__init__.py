@@ -1,0 +1,1 @@
+"""Reports: plots of head scores, timings."""

@@ -1,0 +1,36 @@
+"""Figures: the layers x heads sensitivity heatmap (the paper's Fig. 3)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..io import atomic_write
+
+
+def plot_head_heatmap(
+    scores: Sequence[Sequence[float]],
+    selected: Sequence[tuple[int, int]],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """Heatmap of head scores (rows: layers, columns: heads) with the selected heads outlined; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    data = np.asarray(scores, dtype=float)
+    num_layers, num_heads = data.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * num_heads + 2.5), max(3.0, 0.22 * num_layers + 1.5)))
+    image = ax.imshow(data, aspect="auto", cmap="viridis", origin="lower", interpolation="nearest")
+    for layer, head in selected:
+        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="sensitivity score")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return Path(path)
