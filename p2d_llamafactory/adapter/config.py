@@ -51,7 +51,9 @@ def slice_targets(
             if name == "q":
                 targets.append(SliceTarget(f"{prefix}.q_proj", "rows", _span(heads, layout.head_dim)))
             elif name in ("k", "v"):
-                targets.append(SliceTarget(f"{prefix}.{ROW_PROJECTIONS[name]}", "rows", _span(groups, layout.head_dim)))
+                targets.append(
+                    SliceTarget(f"{prefix}.{ROW_PROJECTIONS[name]}", "rows", _span(groups, layout.head_dim))
+                )
             elif name == "o":
                 targets.append(SliceTarget(f"{prefix}.o_proj", "cols", _span(heads, layout.head_dim)))
     return targets

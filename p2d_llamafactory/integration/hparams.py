@@ -38,7 +38,9 @@ class P2DFinetuningArguments(FinetuningArguments, P2DArguments):
 
     def __post_init__(self):
         if self.finetuning_type not in FINETUNING_TYPES:
-            raise ValueError(f"`finetuning_type` must be one of {', '.join(FINETUNING_TYPES)}; got {self.finetuning_type!r}.")
+            raise ValueError(
+                f"`finetuning_type` must be one of {', '.join(FINETUNING_TYPES)}; got {self.finetuning_type!r}."
+            )
         P2DArguments.__post_init__(self)
         if self.p2d_head_modules is not None and self.finetuning_type != "p2d_heads":
             raise ValueError(

