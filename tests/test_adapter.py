@@ -1,0 +1,155 @@
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
+from p2d_llamafactory.adapter.config import slice_targets
+from p2d_llamafactory.heads.layout import find_attention_layout, layout_from_config
+from p2d_llamafactory.hparams import heads_to_select
+from tests.tiny import build_model
+
+
+SELECTED = [(0, 1), (0, 3), (2, 0)]  # GQA: heads 1 and 3 of layer 0 use KV heads 0 and 1; head 0 uses KV head 0
+
+
+def _batch(tokenizer, seed=0):
+    ids = torch.randint(4, len(tokenizer), (2, 10), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def test_paper_trainable_share_on_qwen25_7b_shape():
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+    )
+    layout = layout_from_config(config)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        total = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    k = heads_to_select(0.1, layout.total_heads)
+    assert (layout.total_heads, k) == (784, 78)
+    heads = [divmod(i * 10, 28) for i in range(k)]  # any 78 distinct heads: every head costs the same
+    assert len(set(heads)) == k
+    share = count_slice_params(layout, heads, ("q", "o")) / total
+    assert 0.009 < share < 0.010, share  # the paper's ~0.94%
+    targets = slice_targets(layout, heads[:1], ("q", "o"))
+    assert [t.rank * layout.hidden_size for t in targets] == [128 * 3584, 128 * 3584]  # q rows == o columns
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_only_the_selected_slices_train(tiny_tokenizer, kind):
+    base = build_model(kind, tiny_tokenizer)
+    layout = find_attention_layout(base)
+    reference = copy.deepcopy(base)
+    model = apply_head_slices(base, layout, SELECTED, ("q", "k", "v", "o"))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(p.numel() for p in trainable.values()) == count_slice_params(layout, SELECTED, ("q", "k", "v", "o"))
+    for name in trainable:
+        assert ("lora_A" in name) == any(f".{proj}." in name for proj in ("q_proj", "k_proj", "v_proj"))
+        assert ("lora_B" in name) == (".o_proj." in name)
+        assert ".layers.1." not in name
+    optimizer = torch.optim.AdamW(trainable.values(), lr=1e-2, weight_decay=0.1)
+    model.train()
+    for step in range(2):
+        optimizer.zero_grad()
+        model(**_batch(tiny_tokenizer, step)).loss.backward()
+        optimizer.step()
+    assert len(optimizer.state) == len(trainable)
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    merged = model.merge_and_unload()
+    d = layout.head_dim
+    changed = {}
+    for (name, new), (_, old) in zip(merged.named_parameters(), reference.named_parameters(), strict=True):
+        diff = (new != old).nonzero()
+        if len(diff):
+            changed[name] = diff
+    rows = lambda heads: {r for h in heads for r in range(h * d, (h + 1) * d)}
+    expected = {
+        "model.layers.0.self_attn.q_proj.weight": ("rows", rows([1, 3])),
+        "model.layers.0.self_attn.k_proj.weight": ("rows", rows([0, 1])),
+        "model.layers.0.self_attn.v_proj.weight": ("rows", rows([0, 1])),
+        "model.layers.0.self_attn.o_proj.weight": ("cols", rows([1, 3])),
+        "model.layers.2.self_attn.q_proj.weight": ("rows", rows([0])),
+        "model.layers.2.self_attn.k_proj.weight": ("rows", rows([0])),
+        "model.layers.2.self_attn.v_proj.weight": ("rows", rows([0])),
+        "model.layers.2.self_attn.o_proj.weight": ("cols", rows([0])),
+    }
+    assert set(changed) == set(expected)  # biases, MLPs, norms, embeddings and other heads: bit-identical
+    for name, (kind_, allowed) in expected.items():
+        touched = {int(i) for i in changed[name][:, 0 if kind_ == "rows" else 1]}
+        assert touched == allowed, name
+
+
+def _train_like(model):
+    """Give the trainable factors non-zero values, as training would."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def test_fast_forward_equals_plain_lora_math(tiny_tokenizer):
+    base = build_model("qwen2", tiny_tokenizer)
+    model = apply_head_slices(base, find_attention_layout(base), SELECTED, ("q", "k", "v", "o"))
+    _train_like(model)
+    batch = _batch(tiny_tokenizer)
+    fast = model(input_ids=batch["input_ids"]).logits
+    for module in model.modules():
+        if hasattr(module, "lora_variant"):
+            module.lora_variant.clear()  # back to peft's own B @ A forward
+    plain = model(input_ids=batch["input_ids"]).logits
+    torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
+
+
+# run with `python -S`: site-packages is put on the path by hand, so no .pth file (ours included) is processed
+LOAD_WITHOUT_PLUGIN = """
+import sys
+sys.path.append(sys.argv.pop())
+import json, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+assert 'p2d_llamafactory' not in sys.modules, 'the plugin must be inactive here'
+base = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+model = PeftModel.from_pretrained(base, sys.argv[2]).eval()
+ids = torch.tensor(json.loads(sys.argv[3]))
+torch.save(model(input_ids=ids).logits, sys.argv[4])
+"""
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_saved_adapter_reproduces_logits_with_plain_peft_and_no_plugin(tiny_tokenizer, tiny_models, tmp_path, kind):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_models[kind], dtype=torch.float32)
+    model = apply_head_slices(base, find_attention_layout(base), SELECTED, ("q", "k", "v", "o"))
+    _train_like(model)
+    model.eval()
+    ids = _batch(tiny_tokenizer)["input_ids"]
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["lora_dropout"] == 0.0
+    args = [str(tiny_models[kind]), str(tmp_path / "adapter"), json.dumps(ids.tolist()), str(tmp_path / "logits.pt")]
+    args.append(str(Path(torch.__file__).parents[1]))  # site-packages
+    subprocess.run([sys.executable, "-S", "-c", LOAD_WITHOUT_PLUGIN, *args], check=True, cwd=tmp_path, timeout=300)
+    reloaded = torch.load(tmp_path / "logits.pt")
+    assert (trained - reloaded).abs().max() <= 1e-5
+    with torch.no_grad(), model.disable_adapter():
+        untrained = model(input_ids=ids).logits
+    assert (trained - untrained).abs().max() > 1e-3  # the comparison above is not trivially satisfied
