@@ -1,0 +1,172 @@
+"""The p2d_* keys through LLaMA-Factory's stock parser: valid forms, and every bad input failing early."""
+
+import json
+import sys
+
+import pytest
+
+from p2d_llamafactory.heads.headset import HeadSet
+
+
+def _args(model_dir, dataset_dir, output_dir, **overrides):
+    args = {
+        "model_name_or_path": str(model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "p2d_heads",
+        "dataset": "p2d_demo",
+        "dataset_dir": str(dataset_dir),
+        "template": "chatml",
+        "output_dir": str(output_dir),
+        "report_to": "none",
+    }
+    args.update(overrides)
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def _parse(args):
+    from llamafactory.hparams import get_train_args
+
+    return get_train_args(args)
+
+
+@pytest.fixture
+def make_args(tiny_models, tiny_dataset_dir, tmp_path):
+    return lambda **kw: _args(kw.pop("model", tiny_models["llama"]), tiny_dataset_dir, tmp_path / "out", **kw)
+
+
+def test_dict_form_parses_defaults_and_values(make_args):
+    _, _, _, finetuning_args, _ = _parse(make_args())
+    assert type(finetuning_args).__name__ == "P2DFinetuningArguments"
+    assert finetuning_args.finetuning_type == "p2d_heads"
+    assert finetuning_args.head_modules == ("q", "o")
+    assert (finetuning_args.p2d_head_ratio, finetuning_args.p2d_fhi_samples, finetuning_args.p2d_fhi_steps) == (
+        0.1,
+        100,
+        20,
+    )
+    assert (finetuning_args.p2d_fhi_lr, finetuning_args.p2d_temperature, finetuning_args.p2d_head_selection) == (
+        2e-5,
+        0.1,
+        "w1",
+    )
+    _, _, _, finetuning_args, _ = _parse(make_args(p2d_head_modules="all", p2d_head_selection="cosine", p2d_seed=7))
+    assert finetuning_args.head_modules == ("q", "k", "v", "o")
+    assert (finetuning_args.p2d_head_selection, finetuning_args.p2d_seed) == ("cosine", 7)
+
+
+def test_yaml_and_command_line_forms(make_args, tmp_path, monkeypatch):
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(make_args(p2d_head_ratio=0.25, p2d_head_modules="q,k,v")))
+    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", str(path), "p2d_seed=3"])
+    _, _, _, finetuning_args, _ = _parse(None)
+    assert (finetuning_args.p2d_head_ratio, finetuning_args.head_modules, finetuning_args.p2d_seed) == (
+        0.25,
+        ("q", "k", "v"),
+        3,
+    )
+    argv = [f"--{k}={v}" for k, v in make_args(p2d_head_selection="gradient").items()]
+    _, _, _, finetuning_args, _ = _parse(argv)
+    assert finetuning_args.p2d_head_selection == "gradient"
+
+
+def test_command_line_choices_name_the_allowed_values(make_args, capsys):
+    argv = [f"--{k}={v}" for k, v in make_args(p2d_head_selection="magnitude").items()]
+    with pytest.raises(SystemExit):
+        _parse(argv)
+    err = capsys.readouterr().err
+    assert "p2d_head_selection" in err and "w1" in err and "gradient" in err
+
+
+BAD_VALUES = [
+    ({"finetuning_type": "heads"}, r"`finetuning_type` must be one of lora, oft, freeze, full, p2d_heads"),
+    ({"p2d_head_selection": "magnitude"}, r"`p2d_head_selection` must be one of w1, random, cosine, gradient"),
+    ({"p2d_head_ratio": 0}, r"`p2d_head_ratio` must be in \(0, 1\]"),
+    ({"p2d_head_ratio": -0.1}, r"`p2d_head_ratio` must be in \(0, 1\]"),
+    ({"p2d_head_ratio": 1.5}, r"`p2d_head_ratio` must be in \(0, 1\]"),
+    ({"p2d_head_ratio": 0.01}, r"`p2d_head_ratio: 0.01` selects 0 of the 12 heads.*\[0.04167, 1\]"),
+    ({"p2d_head_modules": "q,x"}, r"`p2d_head_modules` takes a comma-separated subset of q, k, v, o"),
+    (
+        {"finetuning_type": "lora", "p2d_head_modules": "q"},
+        r"`p2d_head_modules` only applies to `finetuning_type: p2d_heads`",
+    ),
+    ({"p2d_fhi_samples": 0}, r"`p2d_fhi_samples` must be a positive integer"),
+    ({"p2d_fhi_steps": -1}, r"`p2d_fhi_steps` must be a positive integer"),
+    ({"p2d_temperature": 0}, r"`p2d_temperature` must be > 0"),
+    ({"p2d_fhi_lr": 0}, r"`p2d_fhi_lr` must be > 0"),
+    ({"quantization_bit": 4}, r"`quantization_bit=4` is not supported"),
+    ({"stage": "dpo"}, r"`finetuning_type: p2d_heads` supports `stage` sft; got 'dpo'"),
+    ({"use_dora": True}, r"`use_dora` cannot be combined with `finetuning_type: p2d_heads`"),
+    (
+        {"p2d_heads_file": "/nonexistent/p2d_heads.json"},
+        r"`p2d_heads_file` '/nonexistent/p2d_heads.json' does not exist",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_VALUES, ids=[str(o) for o, _ in BAD_VALUES])
+def test_bad_values_fail_at_parse_time_naming_the_key(make_args, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _parse(make_args(**overrides))
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_model_without_standard_attention_projections(make_args, tmp_path, tiny_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model_dir = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(
+        model_dir
+    )
+    tiny_tokenizer.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match=r"separate linear q_proj, k_proj, v_proj, o_proj.*model_type=gpt2"):
+        _parse(make_args(model=model_dir))
+    assert not (tmp_path / "out").exists()
+
+
+def test_heads_file_from_a_model_of_another_shape(make_args, tmp_path):
+    other = HeadSet(
+        "other",
+        {"num_layers": 30, "num_heads": 9, "num_kv_heads": 3, "head_dim": 64, "hidden_size": 576},
+        "w1",
+        0,
+        0.1,
+        [],
+        [(0, 0)],
+    )
+    other.save(tmp_path / "heads.json")
+    with pytest.raises(
+        ValueError, match=r"`p2d_heads_file` holds heads of a model shaped .*'num_layers': 30.*this model"
+    ):
+        _parse(make_args(p2d_heads_file=str(tmp_path / "heads.json")))
+    (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match=r"is not a P2D head set"):
+        _parse(make_args(p2d_heads_file=str(tmp_path / "bad.json")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_model_of_another_architecture(make_args, tiny_models, tmp_path):
+    with pytest.raises(ValueError, match=r"`p2d_task_model` is a qwen2 model; the base model is llama"):
+        _parse(make_args(p2d_task_model=str(tiny_models["qwen2"])))
+    with pytest.raises(ValueError, match=r"`p2d_task_model` has attention shape"):
+        _parse(make_args(p2d_task_model=str(tiny_models["llama_mha"])))
+    with pytest.raises(ValueError, match=r"`p2d_task_model` compares weights.*choose w1 or cosine"):
+        _parse(make_args(p2d_task_model=str(tiny_models["llama"]), p2d_head_selection="random"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_p2d_adapters_load_like_lora_for_inference(tiny_models):
+    from llamafactory.hparams import get_infer_args
+
+    model_args, _, finetuning_args, _ = get_infer_args(
+        {
+            "model_name_or_path": str(tiny_models["llama"]),
+            "adapter_name_or_path": str(tiny_models["llama"]),
+            "finetuning_type": "p2d_heads",
+            "template": "chatml",
+        }
+    )
+    assert finetuning_args.finetuning_type == "p2d_heads"
+    assert model_args.adapter_name_or_path == [str(tiny_models["llama"])]

@@ -1,0 +1,140 @@
+"""Stage I: the proxy, the head-set file, reuse of finished work, and each scoring method."""
+
+import logging
+
+import pytest
+import torch
+from transformers import DataCollatorForSeq2Seq
+
+from p2d_llamafactory.heads import identify as identify_module
+from p2d_llamafactory.heads.headset import HEADS_FILE, HEATMAP_FILE, HeadSet
+from p2d_llamafactory.heads.identify import FHIInputs, identify_heads
+from p2d_llamafactory.heads.layout import find_attention_layout
+from p2d_llamafactory.heads.proxy import make_batches, train_proxy
+from p2d_llamafactory.heads.scoring import select_top, weight_scores
+from p2d_llamafactory.hparams import P2DArguments
+from tests.tiny import build_model
+
+
+def _examples(tokenizer, n=12):
+    from p2d_llamafactory.assets.demo_data import make_demo_examples
+
+    examples = []
+    for ex in make_demo_examples(n, seed=5):
+        messages = [{"role": "user", "content": ex["instruction"]}]
+        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        answer = tokenizer(ex["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        ids = list(prompt_ids) + answer
+        examples.append(
+            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt_ids) + answer}
+        )
+    return examples
+
+
+@pytest.fixture
+def fhi(tiny_tokenizer, tmp_path):
+    def make(model=None, n=12, output_dir=tmp_path):
+        return FHIInputs(
+            model=model if model is not None else build_model("llama", tiny_tokenizer),
+            model_name="tiny-llama",
+            examples=_examples(tiny_tokenizer, n),
+            collate=DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt"),
+            micro_batch_size=4,
+            output_dir=str(output_dir) if output_dir else None,
+            progress=False,
+        )
+
+    return make
+
+
+def test_full_batch_step_does_not_depend_on_micro_batch_size(fhi):
+    inputs = fhi()
+    results = []
+    for micro in (1, 12):
+        batches = make_batches(inputs.examples, inputs.collate, micro, "cpu")
+        proxy, losses = train_proxy(inputs.model, batches, steps=2, lr=1e-3, progress=False)
+        results.append((proxy, losses))
+    (a, la), (b, lb) = results
+    assert la == pytest.approx(lb, rel=1e-5)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=2e-6, msg=name)
+    assert la[1] < la[0]  # the proxy learns
+    base_q = inputs.model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(a.model.layers[0].self_attn.q_proj.weight, base_q)  # the base model is left alone
+    assert a.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+
+
+def test_w1_identification_writes_head_set_and_heatmap(fhi, tmp_path):
+    inputs = fhi()
+    args = P2DArguments(p2d_head_ratio=0.25, p2d_fhi_samples=8, p2d_fhi_steps=2, p2d_fhi_lr=1e-3, p2d_seed=1)
+    head_set = identify_heads(inputs, args)
+    saved = HeadSet.load(tmp_path / HEADS_FILE)
+    assert saved.selected == head_set.selected and len(saved.selected) == 3  # 25% of 3 x 4 heads
+    assert saved.shape == {"num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "hidden_size": 64}
+    assert (saved.method, saved.seed, saved.ratio, saved.model) == ("w1", 1, 0.25, "tiny-llama")
+    assert len(saved.scores) == 3 and all(len(row) == 4 for row in saved.scores)
+    assert saved.selected == select_top(torch.tensor(saved.scores), 3)
+    assert set(saved.timings) == {"proxy_seconds", "scoring_seconds", "total_seconds"}
+    assert len(saved.proxy_loss) == 2
+    assert (tmp_path / HEATMAP_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [HEADS_FILE, HEATMAP_FILE]  # no temporary leftovers
+
+
+def test_identical_rerun_reuses_the_head_set_and_changed_settings_do_not(fhi, monkeypatch):
+    inputs = fhi()
+    args = P2DArguments(p2d_head_ratio=0.25, p2d_fhi_samples=8, p2d_fhi_steps=1, p2d_fhi_lr=1e-3)
+    first = identify_heads(inputs, args)
+    calls = []
+    real = identify_module.train_proxy
+    monkeypatch.setattr(identify_module, "train_proxy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = identify_heads(inputs, args)
+    assert calls == [] and again.timings == first.timings
+    identify_heads(
+        inputs, P2DArguments(p2d_head_ratio=0.25, p2d_fhi_samples=8, p2d_fhi_steps=1, p2d_fhi_lr=1e-3, p2d_seed=9)
+    )
+    assert calls == [1]
+
+
+def test_fewer_examples_than_fhi_samples_uses_all_and_warns(fhi, caplog):
+    inputs = fhi(n=5)
+    with caplog.at_level(logging.WARNING, logger="p2d_llamafactory"):
+        head_set = identify_heads(inputs, P2DArguments(p2d_fhi_samples=100, p2d_fhi_steps=1, p2d_fhi_lr=1e-3))
+    assert "only 5 training examples for p2d_fhi_samples=100" in caplog.text
+    assert head_set.settings["fhi_data"] == identify_module._fingerprint(inputs.examples)
+
+
+def test_heads_file_is_reused_as_is(fhi, tmp_path):
+    inputs = fhi(output_dir=None)
+    layout = find_attention_layout(inputs.model)
+    HeadSet("x", layout.shape(), "w1", 0, 0.1, [], [(2, 3), (0, 1)]).save(tmp_path / "h.json")
+    head_set = identify_heads(inputs, P2DArguments(p2d_heads_file=str(tmp_path / "h.json")))
+    assert head_set.selected == [(0, 1), (2, 3)]
+
+
+def test_task_model_scores_against_its_weights(fhi, tiny_tokenizer, tmp_path):
+    inputs = fhi(output_dir=None)
+    task = build_model("llama", tiny_tokenizer, seed=0)
+    with torch.no_grad():
+        task.model.layers[1].self_attn.q_proj.weight[16:32] += 0.05  # only head 1 of layer 1 changes
+    task.save_pretrained(tmp_path / "task")
+    head_set = identify_heads(inputs, P2DArguments(p2d_head_ratio=0.1, p2d_task_model=str(tmp_path / "task")))
+    assert head_set.selected == [(1, 1)]
+    expected = weight_scores(inputs.model, task, find_attention_layout(task), "w1", 0.1, progress=False)
+    torch.testing.assert_close(torch.tensor(head_set.scores, dtype=torch.float64), expected)
+    assert sum(s > 0 for row in head_set.scores for s in row) == 1
+
+
+@pytest.mark.parametrize("method", ["random", "cosine", "gradient"])
+def test_other_selection_methods_are_deterministic(fhi, method):
+    args = P2DArguments(
+        p2d_head_ratio=0.5, p2d_head_selection=method, p2d_fhi_samples=6, p2d_fhi_steps=1, p2d_fhi_lr=1e-3
+    )
+    first = identify_heads(fhi(output_dir=None), args)
+    second = identify_heads(fhi(output_dir=None), args)
+    assert len(first.selected) == 6 and first.selected == second.selected
+    assert first.method == method
+    if method == "random":
+        other = identify_heads(
+            fhi(output_dir=None), P2DArguments(p2d_head_ratio=0.5, p2d_head_selection="random", p2d_seed=3)
+        )
+        assert other.selected != first.selected
