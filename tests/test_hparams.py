@@ -113,6 +113,12 @@ def test_bad_values_fail_at_parse_time_naming_the_key(make_args, tmp_path, overr
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_training_on_top_of_an_adapter_is_refused(make_args, tiny_models, tmp_path):
+    with pytest.raises(ValueError, match=r"training starts from the base model; merge `adapter_name_or_path` first"):
+        _parse(make_args(adapter_name_or_path=str(tiny_models["llama"])))
+    assert not (tmp_path / "out").exists()
+
+
 def test_model_without_standard_attention_projections(make_args, tmp_path, tiny_tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -76,6 +76,7 @@ def as_lora(finetuning_args: FinetuningArguments) -> FinetuningArguments:
 def check_model_for_p2d(model_args: Any, finetuning_args: P2DFinetuningArguments, do_train: bool) -> None:
     """Checks that need the model's config (not its weights): run before any data or weights are loaded."""
     from transformers import AutoConfig
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     from ..heads.headset import HeadSet
     from ..heads.layout import UnsupportedModelError, layout_from_config
@@ -94,6 +95,8 @@ def check_model_for_p2d(model_args: Any, finetuning_args: P2DFinetuningArguments
         raise ValueError("`finetuning_type: p2d_heads` does not support `use_unsloth` or `use_kt`.")
     if not do_train:
         return
+    if is_deepspeed_zero3_enabled():
+        raise ValueError("`finetuning_type: p2d_heads` supports DeepSpeed ZeRO stages 0-2, not ZeRO-3.")
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if getattr(config, "quantization_config", None) is not None:
         raise ValueError(

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 def setup_p2d_heads(model, model_args, finetuning_args):
     """Stage I (or reuse) then stage III set-up: returns a PeftModel training only the selected head slices."""
     from transformers import DataCollatorForSeq2Seq
-    from transformers.integrations import is_deepspeed_zero3_enabled
 
     from ..adapter import apply_head_slices
     from ..heads.identify import FHIInputs, identify_heads
@@ -25,8 +24,6 @@ def setup_p2d_heads(model, model_args, finetuning_args):
     training_args = CURRENT.training_args
     if training_args is None:
         raise RuntimeError("P2D: `init_adapter` ran before `get_train_args`; launch with `llamafactory-cli train`.")
-    if is_deepspeed_zero3_enabled():
-        raise ValueError("`finetuning_type: p2d_heads` supports DeepSpeed ZeRO-0/1/2, not ZeRO-3.")
     layout = find_attention_layout(model)
     dataset = CURRENT.train_dataset
     inputs = FHIInputs(
