@@ -67,7 +67,9 @@ def write_yaml(path: Path, config: dict) -> Path:
 @pytest.fixture(scope="module")
 def trained(tiny_models, tiny_dataset_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    config = train_config(tiny_models["qwen2"], tiny_dataset_dir, root / "out")
+    config = train_config(
+        tiny_models["qwen2"], tiny_dataset_dir, root / "out", bf16=True, use_cpu=True
+    )  # mixed precision
     log = run_cli("train", str(write_yaml(root / "train.yaml", config)), cwd=root)
     return {"root": root, "out": root / "out", "config": config, "log": log, "model": tiny_models["qwen2"]}
 

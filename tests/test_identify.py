@@ -138,3 +138,19 @@ def test_other_selection_methods_are_deterministic(fhi, method):
             fhi(output_dir=None), P2DArguments(p2d_head_ratio=0.5, p2d_head_selection="random", p2d_seed=3)
         )
         assert other.selected != first.selected
+
+
+def test_proxy_is_freed_before_identify_returns(fhi, monkeypatch):
+    import weakref
+
+    refs = []
+    real = identify_module.train_proxy
+
+    def tracked(*args, **kwargs):
+        proxy, losses = real(*args, **kwargs)
+        refs.append(weakref.ref(proxy))
+        return proxy, losses
+
+    monkeypatch.setattr(identify_module, "train_proxy", tracked)
+    identify_heads(fhi(output_dir=None), P2DArguments(p2d_fhi_samples=4, p2d_fhi_steps=1, p2d_fhi_lr=1e-3))
+    assert len(refs) == 1 and refs[0]() is None
