@@ -6,6 +6,9 @@ from typing import Literal
 
 
 HEAD_SELECTIONS = ("w1", "random", "cosine", "gradient")
+DATA_SELECTIONS = ("none", "p2d", "random", "ifd", "data_whisperer")
+ICL_METRICS = ("auto", "em", "rougeL")
+ICL_SCORINGS = ("generate", "teacher_forced")
 HEAD_MODULES = ("q", "k", "v", "o")
 DEFAULT_HEAD_MODULES = ("q", "o")
 _MODULE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
@@ -90,7 +93,54 @@ class P2DArguments:
     )
     p2d_seed: int = field(
         default=42,
-        metadata={"help": "Seed of the FHI example sample and of random head selection."},
+        metadata={"help": "Seed of the FHI example sample, random head selection and data-selection sampling."},
+    )
+    p2d_data_selection: Literal["none", "p2d", "random", "ifd", "data_whisperer"] = field(
+        default="none",
+        metadata={
+            "help": (
+                "Select training data before tokenization (any finetuning_type): p2d (ICL probing with attention "
+                "summed over the selected heads), random, ifd (instruction-following difficulty), data_whisperer "
+                "(ICL probing with all heads of one middle layer), or none."
+            )
+        },
+    )
+    p2d_data_ratio: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of the training examples kept by data selection (rho_D), in (0, 1]."},
+    )
+    p2d_icl_instruction: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Task instruction of the probe prompts: math, summarization, biomedical, general, or your own "
+                "text. Default: math for #### answers, general otherwise."
+            )
+        },
+    )
+    p2d_icl_demos: int = field(default=5, metadata={"help": "Demonstrations per probe prompt (n_d)."})
+    p2d_icl_queries: int = field(default=3, metadata={"help": "Queries per probe prompt (n_q)."})
+    p2d_icl_rounds: int = field(
+        default=1, metadata={"help": "Probe until every candidate has been a demonstration this many times."}
+    )
+    p2d_icl_metric: str = field(
+        default="auto",
+        metadata={"help": "Metric of the probe answers: em (final #### number), rougeL (F1, stemmed), or auto."},
+    )
+    p2d_icl_scoring: Literal["generate", "teacher_forced"] = field(
+        default="generate",
+        metadata={
+            "help": (
+                "generate: decode the answers and score them with the metric (the paper's); teacher_forced: "
+                "score the gold answers' likelihood in the same single forward pass, no decoding."
+            )
+        },
+    )
+    p2d_icl_max_new_tokens: int = field(default=256, metadata={"help": "Generation bound per probe prompt."})
+    p2d_icl_batch_size: int = field(default=4, metadata={"help": "Probe prompts per forward pass."})
+    p2d_data_ppl_samples: int = field(
+        default=100,
+        metadata={"help": "Examples (of all, and of the selected) whose base-model perplexity the report compares."},
     )
 
     def __post_init__(self) -> None:
@@ -106,6 +156,23 @@ class P2DArguments:
             raise ValueError(f"`p2d_fhi_lr` must be > 0; got {self.p2d_fhi_lr!r}.")
         if not float(self.p2d_temperature) > 0:
             raise ValueError(f"`p2d_temperature` must be > 0; got {self.p2d_temperature!r}.")
+        if self.p2d_data_selection not in DATA_SELECTIONS:
+            raise _choice_error("p2d_data_selection", self.p2d_data_selection, DATA_SELECTIONS)
+        if self.p2d_icl_metric not in ICL_METRICS:
+            raise _choice_error("p2d_icl_metric", self.p2d_icl_metric, ICL_METRICS)
+        if self.p2d_icl_scoring not in ICL_SCORINGS:
+            raise _choice_error("p2d_icl_scoring", self.p2d_icl_scoring, ICL_SCORINGS)
+        if not (0.0 < float(self.p2d_data_ratio) <= 1.0):
+            raise ValueError(f"`p2d_data_ratio` must be in (0, 1]; got {self.p2d_data_ratio!r}.")
+        for key in (
+            "p2d_icl_demos",
+            "p2d_icl_queries",
+            "p2d_icl_rounds",
+            "p2d_icl_max_new_tokens",
+            "p2d_icl_batch_size",
+        ):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"`{key}` must be a positive integer; got {getattr(self, key)!r}.")
         if self.p2d_task_model is not None and self.p2d_heads_file is not None:
             raise ValueError("Set at most one of `p2d_task_model` and `p2d_heads_file`.")
         if self.p2d_task_model is not None and self.p2d_head_selection in ("random", "gradient"):

@@ -71,6 +71,36 @@ def _reusable(path: Path, settings: dict[str, Any], layout: AttentionLayout) -> 
     return previous
 
 
+def plan_identification(
+    examples: Sequence[dict[str, Any]], args: P2DArguments, model_name: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The FHI examples stage I would use and the settings that identify its result (no model needed)."""
+    needs_data = args.p2d_head_selection == "gradient" or (
+        args.p2d_head_selection in ("w1", "cosine") and args.p2d_task_model is None
+    )
+    sample: list[dict[str, Any]] = []
+    if needs_data:
+        if len(examples) < args.p2d_fhi_samples:
+            logger.warning(
+                "P2D: only %d training examples for p2d_fhi_samples=%d; the proxy uses all of them.",
+                len(examples),
+                args.p2d_fhi_samples,
+            )
+        sample = [examples[i] for i in sample_indices(len(examples), args.p2d_fhi_samples, args.p2d_seed)]
+    return sample, _settings(args, model_name, _fingerprint(sample) if sample else None)
+
+
+def reusable_head_set(output_dir: str | None, settings: dict[str, Any], layout: AttentionLayout) -> HeadSet | None:
+    """The head set an identical earlier run left in ``output_dir``, if any."""
+    if output_dir is None:
+        return None
+    path = Path(output_dir) / HEADS_FILE
+    previous = _reusable(path, settings, layout)
+    if previous is not None:
+        logger.info("P2D: reusing the identical head identification in %s", path)
+    return previous
+
+
 def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayout | None = None) -> HeadSet:
     """Return the head set of this run: from ``p2d_heads_file``, a finished identical run, or freshly scored."""
     model = inputs.model
@@ -82,23 +112,9 @@ def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayou
         return head_set
 
     num_selected = heads_to_select(args.p2d_head_ratio, layout.total_heads)
-    needs_data = args.p2d_head_selection == "gradient" or (
-        args.p2d_head_selection in ("w1", "cosine") and args.p2d_task_model is None
-    )
-    examples: list[dict[str, Any]] = []
-    if needs_data:
-        if len(inputs.examples) < args.p2d_fhi_samples:
-            logger.warning(
-                "P2D: only %d training examples for p2d_fhi_samples=%d; the proxy uses all of them.",
-                len(inputs.examples),
-                args.p2d_fhi_samples,
-            )
-        indices = sample_indices(len(inputs.examples), args.p2d_fhi_samples, args.p2d_seed)
-        examples = [inputs.examples[i] for i in indices]
-    settings = _settings(args, inputs.model_name, _fingerprint(examples) if examples else None)
+    examples, settings = plan_identification(inputs.examples, args, inputs.model_name)
     out_path = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir else None
-    if out_path is not None and (previous := _reusable(out_path, settings, layout)) is not None:
-        logger.info("P2D: reusing the identical head identification in %s", out_path)
+    if (previous := reusable_head_set(inputs.output_dir, settings, layout)) is not None:
         return previous
 
     device = next(model.parameters()).device

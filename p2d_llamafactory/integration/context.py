@@ -6,9 +6,12 @@ from typing import Any
 
 @dataclass
 class RunContext:
+    model_args: Any = None
+    finetuning_args: Any = None
     training_args: Any = None
     tokenizer: Any = None
     train_dataset: Any = None
+    head_set: Any = None  # set when data selection already resolved the run's heads
 
 
 CURRENT = RunContext()

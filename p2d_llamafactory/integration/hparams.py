@@ -127,12 +127,37 @@ def check_model_for_p2d(model_args: Any, finetuning_args: P2DFinetuningArguments
             )
 
 
+def check_data_selection(data_args: Any, finetuning_args: P2DFinetuningArguments) -> None:
+    """Data selection needs raw SFT examples and, for p2d, a head set."""
+    import os
+
+    method = finetuning_args.p2d_data_selection
+    if method == "none":
+        return
+    if finetuning_args.stage != "sft":
+        raise ValueError(f"`p2d_data_selection` applies to `stage: sft`; got {finetuning_args.stage!r}.")
+    if data_args.streaming:
+        raise ValueError("`p2d_data_selection` needs the whole training split; turn off `streaming`.")
+    if data_args.tokenized_path is not None and os.path.isdir(data_args.tokenized_path):
+        raise ValueError(
+            f"`tokenized_path` {data_args.tokenized_path!r} holds already tokenized data, which skips "
+            "`p2d_data_selection`; remove it or point it to a new folder."
+        )
+    if method == "p2d" and finetuning_args.finetuning_type != "p2d_heads" and finetuning_args.p2d_heads_file is None:
+        raise ValueError(
+            "`p2d_data_selection: p2d` needs a head set: use `finetuning_type: p2d_heads` (stage I finds the heads) "
+            "or set `p2d_heads_file`."
+        )
+
+
 def get_train_args(original, args=None):
     """Parse as usual, then run the P2D checks that need the model config, before anything is loaded."""
     model_args, data_args, training_args, finetuning_args, generating_args = original(args)
     if finetuning_args.finetuning_type == "p2d_heads":
         check_model_for_p2d(model_args, finetuning_args, training_args.do_train)
-    CURRENT.training_args = training_args
+    check_data_selection(data_args, finetuning_args)
+    CURRENT.model_args, CURRENT.finetuning_args, CURRENT.training_args = model_args, finetuning_args, training_args
+    CURRENT.head_set = None
     return model_args, data_args, training_args, finetuning_args, generating_args
 
 

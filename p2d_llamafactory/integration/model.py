@@ -35,8 +35,10 @@ def setup_p2d_heads(model, model_args, finetuning_args):
         output_dir=training_args.output_dir,
         progress=not training_args.disable_tqdm,
     )
-    with training_args.main_process_first(desc="P2D head identification", local=False):
-        head_set = identify_heads(inputs, finetuning_args, layout)
+    head_set = CURRENT.head_set  # already resolved by data selection in this run
+    if head_set is None:
+        with training_args.main_process_first(desc="P2D head identification", local=False):
+            head_set = identify_heads(inputs, finetuning_args, layout)
     logger.info(
         "P2D: training %d of %d heads (%s slices), selected by %s",
         len(head_set.selected),

@@ -1,0 +1,93 @@
+"""Restricted attention sums: attention mass from query tokens to each demonstration, selected heads only.
+
+A registered transformers attention function runs the model's fast SDPA attention as usual and, while a
+probe is active, additionally computes softmax(q k^T) for just the selected heads and just the query-token
+rows of the prefill pass, reduced at once to one number per demonstration. No attention probabilities of
+all layers and heads are ever materialised, and decoding steps cost nothing extra.
+"""
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+
+ATTENTION_NAME = "p2d_probe"
+
+
+class AttentionProbe:
+    """Accumulates, per batch element and demonstration, the attention mass from its query rows."""
+
+    def __init__(self, heads_by_layer: Mapping[int, Sequence[int]]) -> None:
+        self.heads_by_layer = {int(k): sorted(v) for k, v in heads_by_layer.items() if v}
+        self.rows: list[torch.Tensor] = []
+        self.spans: list[list[tuple[int, int]]] = []
+        self.mass = torch.zeros(0, 0, dtype=torch.float64)
+
+    def start(self, rows: list[list[int]], spans: list[list[tuple[int, int]]]) -> None:
+        """Set the targets of the next forward (padded token positions per batch element)."""
+        self.rows = [torch.tensor(r, dtype=torch.long) for r in rows]
+        self.spans = spans
+        self.mass = torch.zeros(len(rows), max(len(s) for s in spans), dtype=torch.float64)
+
+    def observe(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling):
+        heads = self.heads_by_layer.get(getattr(module, "layer_idx", -1))
+        if not heads:
+            return
+        group = query.shape[1] // key.shape[1]
+        q_heads = torch.tensor(heads, device=query.device)
+        k_heads = q_heads // group
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        length = key.shape[2]
+        for b, (rows, spans) in enumerate(zip(self.rows, self.spans)):
+            rows = rows.to(query.device)
+            scores = query[b, q_heads][:, rows].float() @ key[b, k_heads].float().transpose(-1, -2) * scale
+            keep = _keep_mask(mask, b, rows, length, query.device)
+            probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
+            column_mass = torch.cumsum(probs.sum(dim=(0, 1)).double(), dim=0)
+            column_mass = torch.cat([column_mass.new_zeros(1), column_mass])
+            for d, (start, end) in enumerate(spans):
+                self.mass[b, d] += float(column_mass[end] - column_mass[start])
+
+
+def _keep_mask(mask: torch.Tensor | None, b: int, rows: torch.Tensor, length: int, device) -> torch.Tensor:
+    """Which keys each query row may attend to: the model's mask, or plain causal when it passed none."""
+    if mask is None:
+        return torch.arange(length, device=device)[None, :] <= rows[:, None]
+    rows_mask = mask[b if mask.shape[0] > 1 else 0, 0][rows, :length]
+    return rows_mask if rows_mask.dtype == torch.bool else rows_mask == 0
+
+
+_ACTIVE: AttentionProbe | None = None
+
+
+def probe_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """SDPA attention that also feeds the active probe during prefill (more than one query position)."""
+    if _ACTIVE is not None and query.shape[2] > 1:
+        _ACTIVE.observe(module, query, key, attention_mask, scaling)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    )
+
+
+AttentionInterface.register(ATTENTION_NAME, probe_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+@contextmanager
+def probing(model: nn.Module, probe: AttentionProbe) -> Iterator[AttentionProbe]:
+    """Route ``model``'s attention through ``probe_attention`` with ``probe`` active."""
+    global _ACTIVE
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    _ACTIVE = probe
+    try:
+        yield probe
+    finally:
+        _ACTIVE = None
+        config._attn_implementation = previous

@@ -1,0 +1,74 @@
+"""Scores checkpointed while scoring: resume after a kill, reuse identical reruns, never mix settings."""
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text, read_json
+from .probe import PromptResult
+
+
+logger = logging.getLogger(__name__)
+
+SCORES_FILE = "p2d_data_scores.json"
+PROGRESS_FILE = "p2d_data_probe.partial.jsonl"
+
+
+def finished_scores(output_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The final scores of an identical earlier run, if any."""
+    path = output_dir / SCORES_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except ValueError:
+        return None
+    if data.get("settings") != settings:
+        logger.info("P2D: %s was made with other settings; scoring again", path)
+        return None
+    return data
+
+
+class ProbeCheckpoint:
+    """An append-only JSONL file: a settings header, then one finished prompt per line."""
+
+    def __init__(self, output_dir: Path, settings: dict[str, Any]) -> None:
+        self.path = output_dir / PROGRESS_FILE
+        self.settings = settings
+
+    def load(self) -> dict[int, PromptResult]:
+        """Finished prompts of an interrupted run with the same settings; {} (and a fresh file) otherwise."""
+        done: dict[int, PromptResult] = {}
+        if self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            header = _parse(lines[0]) if lines else None
+            if header == {"settings": self.settings}:
+                for line in lines[1:]:
+                    record = _parse(line)
+                    if record is not None:  # a line cut by a kill is simply redone
+                        done[record["plan"]] = PromptResult(**record)
+                logger.info("P2D: resuming data probing, %d prompts already scored", len(done))
+                return done
+            logger.warning("P2D: ignoring %s, it was made with other settings", self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json_line(self.path, {"settings": self.settings})
+        return done
+
+    def append(self, result: PromptResult) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(result.__dict__) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_json_line(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data) + "\n")
+
+
+def _parse(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None

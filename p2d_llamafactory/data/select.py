@@ -1,0 +1,201 @@
+"""Stage II orchestration: score candidates with the chosen method, keep the top ``p2d_data_ratio``."""
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..heads.headset import HeadSet
+from ..heads.layout import AttentionLayout
+from ..io import atomic_write_json
+from .baselines import ifd_scores, random_scores
+from .cache import PROGRESS_FILE, SCORES_FILE, ProbeCheckpoint, finished_scores
+from .metrics import resolve_metric, score_answers
+from .probe import Prober, ProbeSettings, final_scores, plan_prompts, probe_all
+from .prompts import ChatFrame, Example, task_style
+
+
+logger = logging.getLogger(__name__)
+
+SELECTIONS = ("none", "p2d", "random", "ifd", "data_whisperer")
+MODEL_FREE = ("random",)
+
+
+@dataclass
+class SelectionInputs:
+    """Everything stage II needs from the run."""
+
+    examples: list[Example]  # the training split, index = position
+    token_lengths: list[int]  # prompt + response tokens per example
+    max_length: int  # longer examples are not probed (counted, never selected)
+    tokenizer: Any
+    frame: ChatFrame
+    load_model: Callable[[], nn.Module]
+    layout: AttentionLayout
+    head_set: HeadSet | None  # for p2d: the run's own stage I or a heads file
+    output_dir: Path | None
+    model_name: str
+    data_fingerprint: str
+    progress: bool = True
+
+
+@dataclass
+class Selection:
+    method: str
+    selected: list[int]
+    scores: list[float]
+    uses: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    attention: list[float] = field(default_factory=list)  # mean w per example (probing methods)
+
+
+def num_to_select(ratio: float, num_examples: int) -> int:
+    return math.floor(ratio * num_examples + 0.5)
+
+
+def top_examples(scores: list[float], k: int, method: str, tie_break: list[float] | None = None) -> list[int]:
+    """The k best-scoring examples (NaN never); ties go to the higher ``tie_break`` value, then the lower index.
+    For IFD, scores >= 1 (the response is easier alone than with its instruction) rank last, as in Cherry LLM."""
+
+    def key(i: int):
+        s = scores[i]
+        return (s >= 1.0 if method == "ifd" else False, -s, -tie_break[i] if tie_break else 0.0, i)
+
+    ranked = sorted((i for i, s in enumerate(scores) if not math.isnan(s)), key=key)
+    return sorted(ranked[:k])
+
+
+def probe_heads(method: str, inputs: SelectionInputs) -> dict[int, list[int]] | None:
+    """Heads whose attention is summed: the selected heads (p2d), or one middle layer (Data Whisperer)."""
+    if method == "data_whisperer":
+        return {inputs.layout.num_layers // 2: list(range(inputs.layout.num_heads))}
+    if method == "p2d":
+        if inputs.head_set is None:
+            raise ValueError(
+                "`p2d_data_selection: p2d` needs a head set: use `finetuning_type: p2d_heads` or `p2d_heads_file`."
+            )
+        return inputs.head_set.by_layer()
+    return None
+
+
+def probe_settings(args, metric: str) -> ProbeSettings:
+    return ProbeSettings(
+        num_demos=args.p2d_icl_demos,
+        num_queries=args.p2d_icl_queries,
+        rounds=args.p2d_icl_rounds,
+        scoring=args.p2d_icl_scoring,
+        metric=metric,
+        max_new_tokens=args.p2d_icl_max_new_tokens,
+        batch_size=args.p2d_icl_batch_size,
+        seed=args.p2d_seed,
+    )
+
+
+def selection_settings(args, inputs: SelectionInputs, heads: dict[int, list[int]] | None) -> dict[str, Any]:
+    """What identifies a selection result: method, ratio, probing settings, model, data and heads."""
+    keys = ["p2d_data_selection", "p2d_data_ratio", "p2d_seed"]
+    if heads is not None:
+        keys += [
+            "p2d_icl_instruction",
+            "p2d_icl_demos",
+            "p2d_icl_queries",
+            "p2d_icl_rounds",
+            "p2d_icl_metric",
+            "p2d_icl_scoring",
+            "p2d_icl_max_new_tokens",
+        ]
+    settings = {key: getattr(args, key) for key in keys}
+    heads_json = {str(k): list(v) for k, v in sorted(heads.items())} if heads else None
+    return {
+        **settings,
+        "model": inputs.model_name,
+        "data": inputs.data_fingerprint,
+        "heads": heads_json,
+        "max_length": inputs.max_length,
+    }
+
+
+def _probe(model: nn.Module, inputs: SelectionInputs, args, candidates, heads, checkpoint: ProbeCheckpoint | None):
+    metric = resolve_metric(args.p2d_icl_metric, [inputs.examples[i].response for i in candidates])
+    settings = probe_settings(args, metric)
+    style = task_style(args.p2d_icl_instruction, metric)
+    prober = Prober(model, inputs.tokenizer, inputs.frame, style, heads, settings, score_answers)
+    done = checkpoint.load() if checkpoint else {}
+    on_result = checkpoint.append if checkpoint else (lambda result: None)
+    examples = {i: inputs.examples[i] for i in candidates}
+    results = probe_all(prober, examples, plan_prompts(candidates, settings), done, on_result, inputs.progress)
+    return final_scores(results, len(inputs.examples))
+
+
+def select_examples(inputs: SelectionInputs, args) -> Selection:
+    """Score the training examples with ``args.p2d_data_selection`` and keep the top ``p2d_data_ratio``."""
+    method = args.p2d_data_selection
+    n = len(inputs.examples)
+    k = num_to_select(args.p2d_data_ratio, n)
+    if k < 1:
+        raise ValueError(f"`p2d_data_ratio: {args.p2d_data_ratio}` keeps 0 of the {n} training examples.")
+    heads = probe_heads(method, inputs)
+    skipped = [i for i, length in enumerate(inputs.token_lengths) if length > inputs.max_length]
+    skipped_set = set(skipped)
+    candidates = [i for i in range(n) if i not in skipped_set]
+    if heads is not None:  # fail before loading anything
+        plan_prompts(candidates, ProbeSettings(args.p2d_icl_demos, args.p2d_icl_queries, 1))
+    settings = selection_settings(args, inputs, heads)
+    if inputs.output_dir is not None and (cached := finished_scores(inputs.output_dir, settings)) is not None:
+        logger.info("P2D: reusing the identical data scores in %s", inputs.output_dir / SCORES_FILE)
+        scores = [float("nan") if s is None else s for s in cached["scores"]]
+        return Selection(
+            method, cached["selected"], scores, cached["uses"], cached["skipped_too_long"], cached["timings"]
+        )
+    if skipped:
+        logger.warning(
+            "P2D: %d examples are longer than %d tokens and are not scored", len(skipped), inputs.max_length
+        )
+    start = time.perf_counter()
+    uses: list[int] = []
+    attention: list[float] = []
+    if method == "random":
+        scores = random_scores(n, args.p2d_seed)
+    else:
+        model = inputs.load_model()
+        if method == "ifd":
+            subset = [inputs.examples[i] for i in candidates]
+            values = ifd_scores(
+                model, inputs.tokenizer, inputs.frame, subset, args.p2d_icl_batch_size, inputs.progress
+            )
+            scores = [float("nan")] * n
+            for i, value in zip(candidates, values):
+                scores[i] = value
+        else:
+            checkpoint = ProbeCheckpoint(inputs.output_dir, settings) if inputs.output_dir is not None else None
+            scores, uses, attention = _probe(model, inputs, args, candidates, heads, checkpoint)
+    for i in skipped:
+        scores[i] = float("nan")
+    timings = {"data_scoring_seconds": time.perf_counter() - start}
+    selected = top_examples(scores, k, method, attention or None)
+    selection = Selection(method, selected, scores, uses, skipped, timings, attention)
+    if inputs.output_dir is not None:
+        atomic_write_json(inputs.output_dir / SCORES_FILE, _scores_record(selection, settings))
+        (inputs.output_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    return selection
+
+
+def _scores_record(selection: Selection, settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "settings": settings,
+        "method": selection.method,
+        "num_examples": len(selection.scores),
+        "num_selected": len(selection.selected),
+        "selected": selection.selected,
+        "scores": [None if math.isnan(s) else s for s in selection.scores],
+        "uses": selection.uses,
+        "attention": [None if math.isnan(a) else a for a in selection.attention],
+        "skipped_too_long": selection.skipped,
+        "timings": selection.timings,
+    }
