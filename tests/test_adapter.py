@@ -56,6 +56,7 @@ def test_only_the_selected_slices_train(tiny_tokenizer, kind):
     layout = find_attention_layout(base)
     reference = copy.deepcopy(base)
     model = apply_head_slices(base, layout, SELECTED, ("q", "k", "v", "o"))
+    assert find_attention_layout(model) == layout  # the layout reads through the adapter layers
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert sum(p.numel() for p in trainable.values()) == count_slice_params(layout, SELECTED, ("q", "k", "v", "o"))
     for name in trainable:

@@ -62,3 +62,13 @@ def test_unsupported_llamafactory_version_warns_and_stays_inactive(monkeypatch):
         warnings.simplefilter("ignore")
         assert _autoload.install() is False
     assert not any(isinstance(f, _autoload.P2DFinder) for f in sys.meta_path)
+
+
+@pytest.mark.parametrize(
+    "first", ["llamafactory.model.adapter", "llamafactory.data.loader", "llamafactory.train.tuner"]
+)
+def test_any_llamafactory_module_can_be_imported_first(first):
+    out = _run(
+        f"import {first}; from llamafactory.model import loader; print(hasattr(loader.init_adapter, '__p2d_original__'))"
+    )
+    assert out.splitlines()[-1] == "True"

@@ -59,10 +59,12 @@ def _text_config(config: Any) -> Any:
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules with q/k/v/o linear projections (plain, or wrapped by a PEFT adapter layer)."""
     found = []
     for name, module in model.named_modules():
-        if all(isinstance(getattr(module, proj, None), nn.Linear) for proj in PROJECTIONS):
-            found.append((name, module))
+        projections = [getattr(module, proj, None) for proj in PROJECTIONS]
+        if all(p is not None and isinstance(_base_linear(p), nn.Linear) for p in projections):
+            found.append((name.removeprefix("base_model.model."), module))
     return found
 
 
@@ -85,7 +87,7 @@ def find_attention_layout(model: nn.Module) -> AttentionLayout:
     if not num_heads:
         raise UnsupportedModelError(f"The config of {model_type} has no `num_attention_heads`.")
     num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-    hidden_size = found[0][1].q_proj.in_features
+    hidden_size = _base_linear(found[0][1].q_proj).in_features
     head_dim = getattr(config, "head_dim", None) or hidden_size // num_heads
     for name, module in found:
         expected = {
@@ -95,7 +97,7 @@ def find_attention_layout(model: nn.Module) -> AttentionLayout:
             "o_proj": (hidden_size, num_heads * head_dim),
         }
         for proj, shape in expected.items():
-            layer = getattr(module, proj)
+            layer = _base_linear(getattr(module, proj))
             if (layer.out_features, layer.in_features) != shape:
                 raise UnsupportedModelError(
                     f"{name}.{proj} has shape {(layer.out_features, layer.in_features)}, expected {shape} for "

@@ -2,8 +2,10 @@
 
 For query head h in KV group g: W_comp = Wq_h (Wk_g^T Wv_g), with Wq_h, Wk_g, Wv_g the d_model x d_head
 projections (nn.Linear stores their transposes). P_h = Softmax(Flatten(W_comp) / tau). The product is
-associated so that no d_model x d_model matrix is formed, and everything runs in float64: the entries are
-tiny, so the softmaxes are near-uniform and float32 round-off would swamp the base-vs-proxy difference.
+associated so that no d_model x d_model matrix is formed, and everything runs in float64. Depending on the
+model the softmaxes are near-uniform (tiny entries, e.g. 7B models: float32 round-off would swamp the
+base-vs-proxy difference) or near point masses (large entries, e.g. SmolLM2 at tau = 0.1: a one-sided
+cumulative sum would round the tail away); ``w1_distance`` stays exact in both regimes.
 """
 
 from collections.abc import Iterable, Mapping

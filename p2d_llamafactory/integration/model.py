@@ -7,7 +7,6 @@ import torch
 
 from . import wrap
 from .context import CURRENT
-from .hparams import as_lora
 
 
 logger = logging.getLogger(__name__)
@@ -59,6 +58,8 @@ def init_adapter(original, config, model, model_args, finetuning_args, is_traina
     if getattr(finetuning_args, "finetuning_type", None) != "p2d_heads":
         return original(config, model, model_args, finetuning_args, is_trainable)
     if not is_trainable:
+        from .hparams import as_lora  # not at import time: this module may load before llamafactory.hparams
+
         return original(config, model, model_args, as_lora(finetuning_args), is_trainable)
     return setup_p2d_heads(model, model_args, finetuning_args)
 
