@@ -38,19 +38,20 @@ def head_distributions(flat: torch.Tensor, temperature: float) -> torch.Tensor:
 def w1_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Exact W1 between distributions on the shared support 0..n-1 (unit spacing): sum_i |CDF_p(i) - CDF_q(i)|.
 
-    O(n) per row. Each CDF gap is summed from the lighter side of the cut (left: sum_{j<=i}, right:
-    -sum_{j>i}), so the heavy entries of a peaked softmax never enter a sum whose result is tiny; the
-    result keeps full relative precision even for near point masses, where a one-sided cumulative sum
-    (and scipy) round the tail away. Equals ``scipy.stats.wasserstein_distance(x, x, p, q)`` with
-    ``x = arange(n)`` wherever scipy's own round-off allows.
+    O(n) per row with one cumulative sum. The heaviest entry m of p + q is kept out of every partial sum:
+    left of m the CDF gap is sum_{j<=i} d_j, from m on it is -sum_{j>i} d_j (d = p - q sums to zero), both
+    read off the cumulative sum of d with d_m set to 0. So a near point mass never enters a sum whose
+    result is tiny, and the result keeps full relative precision where a plain cumulative sum (and scipy)
+    round the tail away. Equals ``scipy.stats.wasserstein_distance(x, x, p, q)`` with ``x = arange(n)``
+    wherever scipy's own round-off allows.
     """
-    p = p / p.sum(dim=-1, keepdim=True)
-    q = q / q.sum(dim=-1, keepdim=True)
-    left_gap = torch.cumsum(p - q, dim=-1)[..., :-1]
-    right_gap = -torch.flip(torch.cumsum(torch.flip(p - q, dims=[-1]), dim=-1), dims=[-1])[..., 1:]
-    left_mass = torch.cumsum(p + q, dim=-1)[..., :-1]
-    gap = torch.where(left_mass <= 1.0, left_gap, right_gap)  # total mass of p + q is 2
-    return gap.abs().sum(dim=-1)
+    d = p - q
+    heavy = torch.argmax(p + q, dim=-1, keepdim=True)
+    d.scatter_(-1, heavy, 0.0)
+    partial = torch.cumsum(d, dim=-1)
+    right = torch.arange(d.shape[-1], device=d.device) >= heavy
+    partial -= right * partial[..., -1:]
+    return partial[..., :-1].abs().sum(dim=-1)
 
 
 def cosine_distance(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
