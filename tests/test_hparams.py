@@ -99,6 +99,13 @@ BAD_VALUES = [
     ({"quantization_bit": 4}, r"`quantization_bit=4` is not supported"),
     ({"stage": "dpo"}, r"`finetuning_type: p2d_heads` supports `stage` sft; got 'dpo'"),
     ({"use_dora": True}, r"`use_dora` cannot be combined with `finetuning_type: p2d_heads`"),
+    ({"p2d_data_selection": "best"}, r"`p2d_data_selection` must be one of none, p2d, random, ifd, data_whisperer"),
+    ({"p2d_icl_metric": "bleu"}, r"`p2d_icl_metric` must be one of auto, em, rougeL; got 'bleu'"),
+    ({"p2d_icl_scoring": "sample"}, r"`p2d_icl_scoring` must be one of generate, teacher_forced"),
+    ({"p2d_data_ratio": 0}, r"`p2d_data_ratio` must be in \(0, 1\]"),
+    ({"p2d_icl_demos": 0}, r"`p2d_icl_demos` must be a positive integer"),
+    ({"finetuning_type": "lora", "p2d_data_selection": "p2d"}, r"`p2d_data_selection: p2d` needs a head set"),
+    ({"p2d_data_selection": "random", "streaming": True, "max_steps": 10}, r"turn off `streaming`"),
     (
         {"p2d_heads_file": "/nonexistent/p2d_heads.json"},
         r"`p2d_heads_file` '/nonexistent/p2d_heads.json' does not exist",

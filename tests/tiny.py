@@ -43,7 +43,7 @@ def tiny_config(kind: str, vocab_size: int):
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,
         tie_word_embeddings=False,
         pad_token_id=1,
         eos_token_id=3,

@@ -1,0 +1,265 @@
+"""Stage II: prompts and spans, planning, determinism, resume, cache hygiene and bad input."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from p2d_llamafactory.data import probe as probe_module
+from p2d_llamafactory.data.cache import PROGRESS_FILE, SCORES_FILE
+from p2d_llamafactory.data.probe import ProbeSettings, plan_prompts
+from p2d_llamafactory.data.prompts import BUILTIN_STYLES, ChatFrame, Example, build_prompt
+from p2d_llamafactory.data.select import SelectionInputs, select_examples
+from p2d_llamafactory.heads.headset import HeadSet
+from p2d_llamafactory.heads.layout import find_attention_layout
+from p2d_llamafactory.hparams import P2DArguments
+from tests.tiny import build_model
+
+
+def _frame(tok):
+    enc = lambda text: tok.encode(text, add_special_tokens=False)
+    return ChatFrame(enc("<|im_start|>user\n"), enc("<|im_end|>\n<|im_start|>assistant\n"), enc("<|im_end|>\n"))
+
+
+def test_prompt_spans_against_a_hand_checked_prompt(tiny_tokenizer):
+    tok = tiny_tokenizer
+    demos = [Example(0, "What is 2 + 3?", "2 + 3 = 5.\n#### 5"), Example(1, "What is 7 - 4?", "7 - 4 = 3.\n#### 3")]
+    queries = [Example(2, "What is 6 * 2?", "6 * 2 = 12.\n#### 12")]
+    style = BUILTIN_STYLES["general"]
+    prompt = build_prompt(tok, _frame(tok), style, demos, queries, teacher_forced=True)
+    expected = (
+        "<|im_start|>user\n"
+        f"{style.instruction}\n\nBelow are some demonstrations of how to format your answers:\n\n"
+        "Question: What is 2 + 3?\nAnswer: 2 + 3 = 5.\n#### 5\n\n"
+        "Question: What is 7 - 4?\nAnswer: 7 - 4 = 3.\n#### 3\n\n"
+        "**Strictly use the format specified below:**\nAnswer 1: <your answer to Question 1>\n\n"
+        "Now respond to the following:\n"
+        "Question 1: What is 6 * 2?\n"
+        "<|im_end|>\n<|im_start|>assistant\n"
+        "Answer 1: 6 * 2 = 12.\n#### 12\n"
+        "<|im_end|>\n"
+    )
+    ids = prompt.input_ids
+    assert tok.decode(ids) == expected
+    span = lambda s: tok.decode(ids[s[0] : s[1]])
+    assert [span(s) for s in prompt.demo_spans] == [
+        "Question: What is 2 + 3?\nAnswer: 2 + 3 = 5.\n#### 5\n\n",
+        "Question: What is 7 - 4?\nAnswer: 7 - 4 = 3.\n#### 3\n\n",
+    ]
+    assert [span(s) for s in prompt.query_spans] == ["Question 1: What is 6 * 2?\n"]
+    assert [span(s) for s in prompt.answer_spans] == ["6 * 2 = 12.\n#### 12\n"]
+    assert prompt.query_rows == list(range(*prompt.query_spans[0]))
+    assert (prompt.demos, prompt.queries, prompt.references) == ([0, 1], [2], ["6 * 2 = 12.\n#### 12"])
+    generate = build_prompt(tok, _frame(tok), style, demos, queries, teacher_forced=False)
+    assert generate.input_ids == ids[: len(generate.input_ids)] and not generate.answer_spans
+    assert tok.decode(generate.input_ids).endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("name", ["chatml", "smollm2"])
+def test_chat_frame_reproduces_the_llamafactory_template(tiny_tokenizer, name):
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+
+    from p2d_llamafactory.integration.template import chat_frame
+
+    template = get_template_and_fix_tokenizer(tiny_tokenizer, DataArguments(template=name))
+    frame = chat_frame(template, tiny_tokenizer)
+    messages = [{"role": "user", "content": "How many apples?"}, {"role": "assistant", "content": "Five apples."}]
+    prompt_ids, answer_ids = template.encode_oneturn(tiny_tokenizer, messages)
+    enc = lambda text: tiny_tokenizer.encode(text, add_special_tokens=False)
+    assert frame.prefix + enc("How many apples?") + frame.suffix == prompt_ids
+    assert enc("Five apples.") + frame.answer_end == answer_ids
+    if name == "smollm2":  # the template's default system prompt is part of the frame
+        assert "You are a helpful AI assistant named SmolLM" in tiny_tokenizer.decode(frame.prefix)
+
+
+def test_plans_use_every_candidate_as_demo_and_keep_queries_disjoint():
+    settings = ProbeSettings(num_demos=5, num_queries=3, rounds=2, seed=7)
+    candidates = list(range(3, 26))
+    plans = plan_prompts(candidates, settings)
+    uses = dict.fromkeys(candidates, 0)
+    for demos, queries in plans:
+        assert len(demos) == len(set(demos)) == 5 and len(queries) == len(set(queries)) == 3
+        assert not set(demos) & set(queries) and set(demos + queries) <= set(candidates)
+        for d in demos:
+            uses[d] += 1
+    assert min(uses.values()) >= 2
+    assert plan_prompts(candidates, settings) == plans
+    assert plan_prompts(candidates, ProbeSettings(5, 3, 2, seed=8)) != plans
+    with pytest.raises(ValueError, match=r"needs at least 8 usable examples .* got 7"):
+        plan_prompts(list(range(7)), settings)
+
+
+def _examples(n=24):
+    from p2d_llamafactory.assets.demo_data import make_demo_examples
+
+    return [Example(i, ex["instruction"], ex["output"]) for i, ex in enumerate(make_demo_examples(n, seed=3))]
+
+
+@pytest.fixture
+def selection_inputs(tiny_tokenizer, tmp_path):
+    model = build_model("llama", tiny_tokenizer)
+    layout = find_attention_layout(model)
+    head_set = HeadSet("tiny", layout.shape(), "w1", 0, 0.25, [], [(0, 1), (1, 3), (2, 0)])
+
+    def make(examples=None, output_dir=tmp_path / "out", max_length=512, head_set=head_set):
+        examples = examples or _examples()
+        return SelectionInputs(
+            examples=examples,
+            token_lengths=[len(tiny_tokenizer.encode(e.prompt + e.response)) for e in examples],
+            max_length=max_length,
+            tokenizer=tiny_tokenizer,
+            frame=_frame(tiny_tokenizer),
+            load_model=lambda: model,
+            layout=layout,
+            head_set=head_set,
+            output_dir=output_dir,
+            model_name="tiny",
+            data_fingerprint="f" * 16,
+            progress=False,
+        )
+
+    return make
+
+
+def _args(**kw):
+    defaults = dict(
+        p2d_data_selection="p2d", p2d_data_ratio=0.25, p2d_icl_scoring="teacher_forced", p2d_icl_batch_size=2
+    )
+    return P2DArguments(**{**defaults, **kw})
+
+
+@pytest.mark.parametrize("scoring", ["teacher_forced", "generate"])
+def test_selection_is_deterministic_for_a_seed(selection_inputs, tmp_path, scoring):
+    args = _args(p2d_icl_scoring=scoring, p2d_icl_max_new_tokens=8)
+    first = select_examples(selection_inputs(output_dir=tmp_path / "a"), args)
+    second = select_examples(selection_inputs(output_dir=tmp_path / "b"), args)
+    assert len(first.selected) == 6 and first.selected == second.selected
+    assert first.scores == second.scores and all(u >= 1 for u in first.uses)
+    saved = json.loads((tmp_path / "a" / SCORES_FILE).read_text())
+    assert saved["selected"] == first.selected and saved["settings"]["p2d_icl_scoring"] == scoring
+    assert not (tmp_path / "a" / PROGRESS_FILE).exists()
+    other = select_examples(
+        selection_inputs(output_dir=tmp_path / "c"),
+        _args(p2d_icl_scoring=scoring, p2d_seed=5, p2d_icl_max_new_tokens=8),
+    )
+    assert other.attention != first.attention  # other plans (scores may all be 0 for a random model)
+
+
+def test_resume_after_interruption_gives_identical_scores(selection_inputs, tmp_path, monkeypatch):
+    args = _args()
+    reference = select_examples(selection_inputs(output_dir=tmp_path / "ref"), args)
+    real, calls = probe_module.Prober.run_batch, []
+
+    def dying(self, plans, examples):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed mid-run
+        calls.append(len(plans))
+        return real(self, plans, examples)
+
+    monkeypatch.setattr(probe_module.Prober, "run_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        select_examples(selection_inputs(output_dir=tmp_path / "run"), args)
+    progress = (tmp_path / "run" / PROGRESS_FILE).read_text().splitlines()
+    assert len(progress) == 1 + 4  # settings header + the 4 prompts of the 2 finished batches
+    assert not (tmp_path / "run" / SCORES_FILE).exists()
+    monkeypatch.setattr(
+        probe_module.Prober,
+        "run_batch",
+        lambda self, plans, examples: calls.append(len(plans)) or real(self, plans, examples),
+    )
+    resumed = select_examples(selection_inputs(output_dir=tmp_path / "run"), args)
+    assert sum(calls) == 4 + 1  # the 5 plans minus the 4 already scored
+    assert resumed.scores == reference.scores and resumed.selected == reference.selected
+
+
+def test_caches_from_other_settings_are_ignored_never_mixed(selection_inputs, tmp_path, caplog):
+    args = _args()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / PROGRESS_FILE).write_text(
+        json.dumps({"settings": {"p2d_seed": 1}})
+        + "\n"
+        + json.dumps({"plan": 0, "demos": [0, 1, 2, 3, 4], "weights": [9.0] * 5, "query_scores": [1.0, 1.0, 1.0]})
+        + "\n"
+    )
+    with caplog.at_level(logging.INFO, logger="p2d_llamafactory"):
+        fresh = select_examples(selection_inputs(output_dir=out), args)
+    assert "ignoring" in caplog.text and "other settings" in caplog.text
+    clean = select_examples(selection_inputs(output_dir=tmp_path / "clean"), args)
+    assert fresh.scores == clean.scores  # the foreign partial results were not mixed in
+    saved = json.loads((out / SCORES_FILE).read_text())
+    saved["settings"]["p2d_icl_demos"] = 4
+    (out / SCORES_FILE).write_text(json.dumps(saved))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="p2d_llamafactory"):
+        again = select_examples(selection_inputs(output_dir=out), args)
+    assert "reusing" not in caplog.text and again.scores == clean.scores
+    with caplog.at_level(logging.INFO, logger="p2d_llamafactory"):
+        select_examples(selection_inputs(output_dir=out), args)
+    assert "reusing the identical data scores" in caplog.text
+
+
+def test_baselines_random_ifd_and_data_whisperer(selection_inputs):
+    random_sel = select_examples(selection_inputs(output_dir=None), _args(p2d_data_selection="random"))
+    assert len(random_sel.selected) == 6
+    ifd = select_examples(selection_inputs(output_dir=None), _args(p2d_data_selection="ifd"))
+    assert len(ifd.selected) == 6 and all(s > 0 for s in ifd.scores)
+    ranked = sorted(range(24), key=lambda i: (ifd.scores[i] >= 1, -ifd.scores[i], i))[:6]
+    assert ifd.selected == sorted(ranked)
+    dw = select_examples(selection_inputs(output_dir=None, head_set=None), _args(p2d_data_selection="data_whisperer"))
+    assert len(dw.selected) == 6 and not any(math.isnan(s) for s in dw.scores)
+
+
+def test_bad_input(selection_inputs):
+    with pytest.raises(ValueError, match=r"`p2d_data_ratio: 0.01` keeps 0 of the 24 training examples"):
+        select_examples(selection_inputs(), _args(p2d_data_ratio=0.01))
+    with pytest.raises(ValueError, match=r"needs at least 8 usable examples"):
+        select_examples(selection_inputs(examples=_examples(7)), _args(p2d_data_ratio=0.5))
+    with pytest.raises(ValueError, match=r"needs a head set"):
+        select_examples(selection_inputs(head_set=None), _args())
+
+
+def test_examples_longer_than_the_context_are_skipped_with_a_count(selection_inputs, caplog):
+    inputs = selection_inputs(output_dir=None)
+    long_ones = sorted(range(24), key=lambda i: -inputs.token_lengths[i])[:3]
+    inputs.max_length = min(inputs.token_lengths[i] for i in long_ones) - 1
+    with caplog.at_level(logging.WARNING, logger="p2d_llamafactory"):
+        selection = select_examples(inputs, _args())
+    assert f"{len(selection.skipped)} examples are longer than {inputs.max_length} tokens" in caplog.text
+    assert set(long_ones) <= set(selection.skipped)
+    assert not set(selection.skipped) & set(selection.selected)
+    assert all(math.isnan(selection.scores[i]) for i in selection.skipped)
+
+
+def test_examples_missing_the_response_are_refused():
+    from datasets import Dataset
+
+    from p2d_llamafactory.integration.selection import aligned_examples
+
+    rows = {
+        "_prompt": [[{"role": "user", "content": "a"}]] * 2,
+        "_response": [[{"role": "assistant", "content": "b"}], []],
+    }
+    with pytest.raises(ValueError, match=r"Training example 1 has no response"):
+        aligned_examples(Dataset.from_dict(rows))
+
+
+def test_attention_weights_are_per_demo_token_normalised(selection_inputs, monkeypatch):
+    inputs = selection_inputs(output_dir=None)
+    seen = []
+    real = probe_module.Prober.run_batch
+
+    def spy(self, plans, examples):
+        results = real(self, plans, examples)
+        seen.extend(results)
+        return results
+
+    monkeypatch.setattr(probe_module.Prober, "run_batch", spy)
+    select_examples(inputs, _args())
+    for result in seen:
+        assert len(result.weights) == 5 and all(0 < w < 3 for w in result.weights)  # 3 heads: mass per token <= 3
+        assert len(result.query_scores) == 3 and all(0 <= s <= 1 for s in result.query_scores)
+    assert torch.tensor([r.score for r in seen]).std() > 0
