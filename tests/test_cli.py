@@ -222,11 +222,16 @@ def test_deepspeed_zero2_on_two_processes(tiny_models, tiny_dataset_dir, tmp_pat
         tmp_path / "out",
         deepspeed=str(tmp_path / "ds_z2.json"),
         ddp_backend="gloo",
+        p2d_data_selection="p2d",
+        p2d_data_ratio=0.5,
+        p2d_icl_scoring="teacher_forced",
+        p2d_data_ppl_samples=0,
     )
     log = run_cli("train", str(write_yaml(tmp_path / "ds.yaml", config)), cwd=tmp_path, **_torchrun_env(2))
     assert "world size: 2" in log and "distributed training: True" in log
     assert log.count("P2D proxy training (FHI)") >= 1
     assert "reusing the identical head identification" in log  # rank 1 reads what rank 0 wrote
+    assert "reusing the identical data scores" in log  # rank 1 does not probe again
     head_set = HeadSet.load(tmp_path / "out" / HEADS_FILE)
     weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert {k.split(".self_attn")[0].split("layers.")[1] for k in weights} == {str(l) for l, _ in head_set.selected}

@@ -181,12 +181,18 @@ def probe_all(
     """Probe every plan not in ``done`` (resuming), reporting each finished prompt to ``on_result``."""
     results = [done[i] for i in sorted(done)]
     pending = [(i, d, q) for i, (d, q) in enumerate(plans) if i not in done]
-    size = prober.settings.batch_size
-    bar = tqdm(total=len(plans), initial=len(done), desc="P2D data probing (prompts)", disable=not progress)
+    size, per_prompt = prober.settings.batch_size, prober.settings.num_demos
+    bar = tqdm(
+        total=len(plans) * per_prompt,
+        initial=len(done) * per_prompt,
+        desc="P2D data probing",
+        unit="example",
+        disable=not progress,
+    )
     for start in range(0, len(pending), size):
         for result in prober.run_batch(pending[start : start + size], examples):
             on_result(result)
             results.append(result)
-        bar.update(len(pending[start : start + size]))
+            bar.update(per_prompt)
     bar.close()
     return results

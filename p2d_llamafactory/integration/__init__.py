@@ -6,7 +6,8 @@ Each patch replaces one LLaMA-Factory function with a wrapper of the same name t
 - ``llamafactory.hparams.parser``: ``get_train_args``, ``get_infer_args``, ``_verify_model_args`` and the
   argument-class lists (see ``integration.hparams``)
 - ``llamafactory.model.adapter``: ``init_adapter`` (see ``integration.model``)
-- ``llamafactory.data.loader``: ``get_dataset`` (see ``integration.data``)
+- ``llamafactory.data.loader``: ``get_dataset`` and ``_get_preprocessed_dataset`` (see ``integration.data``;
+  the data selection it runs is in ``integration.selection``, the chat frame in ``integration.template``)
 """
 
 import functools
