@@ -20,6 +20,7 @@ PATCH_TARGETS = {
     "llamafactory.hparams.parser": "p2d_llamafactory.integration.hparams:patch_parser",
     "llamafactory.model.adapter": "p2d_llamafactory.integration.model:patch_adapter",
     "llamafactory.data.loader": "p2d_llamafactory.integration.data:patch_data_loader",
+    "llamafactory.train.tuner": "p2d_llamafactory.integration.train:patch_tuner",
 }
 
 

@@ -138,6 +138,21 @@ class P2DArguments:
     )
     p2d_icl_max_new_tokens: int = field(default=256, metadata={"help": "Generation bound per probe prompt."})
     p2d_icl_batch_size: int = field(default=4, metadata={"help": "Probe prompts per forward pass."})
+    p2d_aer_reference: str | None = field(
+        default=None,
+        metadata={
+            "help": "output_dir of a full fine-tuning run on the full data: its training time is t_FFT of the AER."
+        },
+    )
+    p2d_aer_estimate_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Estimate t_FFT of the AER by timing this many full-parameter steps of the same model on the same "
+                "data and hardware, extrapolated per token to the full data and epochs."
+            )
+        },
+    )
     p2d_data_ppl_samples: int = field(
         default=100,
         metadata={"help": "Examples (of all, and of the selected) whose base-model perplexity the report compares."},
@@ -173,6 +188,12 @@ class P2DArguments:
         ):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"`{key}` must be a positive integer; got {getattr(self, key)!r}.")
+        if self.p2d_aer_reference is not None and self.p2d_aer_estimate_steps is not None:
+            raise ValueError("Set at most one of `p2d_aer_reference` and `p2d_aer_estimate_steps`.")
+        if self.p2d_aer_estimate_steps is not None and int(self.p2d_aer_estimate_steps) < 1:
+            raise ValueError(
+                f"`p2d_aer_estimate_steps` must be a positive integer; got {self.p2d_aer_estimate_steps!r}."
+            )
         if self.p2d_task_model is not None and self.p2d_heads_file is not None:
             raise ValueError("Set at most one of `p2d_task_model` and `p2d_heads_file`.")
         if self.p2d_task_model is not None and self.p2d_head_selection in ("random", "gradient"):
@@ -185,6 +206,16 @@ class P2DArguments:
     @property
     def head_modules(self) -> tuple[str, ...]:
         return parse_head_modules(self.p2d_head_modules)
+
+    @property
+    def uses_p2d(self) -> bool:
+        """Whether any P2D feature is on (then the timing callback joins the run)."""
+        return (
+            getattr(self, "finetuning_type", None) == "p2d_heads"
+            or self.p2d_data_selection != "none"
+            or self.p2d_aer_reference is not None
+            or self.p2d_aer_estimate_steps is not None
+        )
 
     def p2d_dict(self) -> dict[str, object]:
         """The P2D keys and values, for records such as p2d_heads.json."""

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..heads.headset import HeadSet
-from ..io import atomic_write, atomic_write_json, read_json
+from ..io import atomic_write, atomic_write_json
+from ..report.aer import record_timings
 from .baselines import response_losses
 from .select import Selection, SelectionInputs
 
@@ -15,7 +16,6 @@ from .select import Selection, SelectionInputs
 SELECTED_FILE = "p2d_data_selected.json"
 STATS_FILE = "p2d_data_stats.json"
 HISTOGRAM_FILE = "p2d_data_hist.png"
-TIMINGS_FILE = "p2d_timings.json"
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -85,13 +85,6 @@ def plot_selection(inputs: SelectionInputs, selection: Selection, ppl: dict[str,
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-
-
-def record_timings(output_dir: Path, timings: dict[str, float]) -> None:
-    """Merge stage timings into p2d_timings.json (read by the AER report)."""
-    path = output_dir / TIMINGS_FILE
-    current = read_json(path) if path.is_file() else {}
-    atomic_write_json(path, {**current, **timings})
 
 
 def write_selection_report(

@@ -8,6 +8,7 @@ Each patch replaces one LLaMA-Factory function with a wrapper of the same name t
 - ``llamafactory.model.adapter``: ``init_adapter`` (see ``integration.model``)
 - ``llamafactory.data.loader``: ``get_dataset`` and ``_get_preprocessed_dataset`` (see ``integration.data``;
   the data selection it runs is in ``integration.selection``, the chat frame in ``integration.template``)
+- ``llamafactory.train.tuner``: ``run_sft`` adds the P2D timing callback (see ``integration.train``)
 """
 
 import functools

@@ -150,14 +150,33 @@ def check_data_selection(data_args: Any, finetuning_args: P2DFinetuningArguments
         )
 
 
+def check_aer(model_args: Any, finetuning_args: P2DFinetuningArguments) -> None:
+    """AER requests that cannot work fail before anything runs."""
+    import os
+
+    if finetuning_args.p2d_aer_estimate_steps is not None and model_args.quantization_bit is not None:
+        raise ValueError(
+            "`p2d_aer_estimate_steps` times full fine-tuning steps, which this run cannot do: the model is loaded "
+            f"with `quantization_bit={model_args.quantization_bit}`. Give `p2d_aer_reference` instead."
+        )
+    if finetuning_args.p2d_aer_reference is not None:
+        if not os.path.isdir(finetuning_args.p2d_aer_reference):
+            raise ValueError(f"`p2d_aer_reference` {finetuning_args.p2d_aer_reference!r} is not a directory.")
+        from ..report.aer import reference_training_seconds
+
+        reference_training_seconds(finetuning_args.p2d_aer_reference)
+
+
 def get_train_args(original, args=None):
     """Parse as usual, then run the P2D checks that need the model config, before anything is loaded."""
     model_args, data_args, training_args, finetuning_args, generating_args = original(args)
     if finetuning_args.finetuning_type == "p2d_heads":
         check_model_for_p2d(model_args, finetuning_args, training_args.do_train)
     check_data_selection(data_args, finetuning_args)
+    check_aer(model_args, finetuning_args)
     CURRENT.model_args, CURRENT.finetuning_args, CURRENT.training_args = model_args, finetuning_args, training_args
     CURRENT.head_set = None
+    CURRENT.full_data_tokens = None
     return model_args, data_args, training_args, finetuning_args, generating_args
 
 

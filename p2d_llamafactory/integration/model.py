@@ -45,6 +45,10 @@ def setup_p2d_heads(model, model_args, finetuning_args):
         ",".join(finetuning_args.head_modules),
         head_set.method,
     )
+    if training_args.should_save and head_set.timings:
+        from ..report.aer import record_timings
+
+        record_timings(training_args.output_dir, {"head_identification_seconds": head_set.timings["total_seconds"]})
     model = apply_head_slices(model, layout, head_set.selected, finetuning_args.head_modules)
     if not finetuning_args.pure_bf16:
         for param in model.parameters():

@@ -118,6 +118,9 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
         data_fingerprint=_fingerprint(examples),
         progress=not training_args.disable_tqdm,
     )
+    frame = inputs.frame
+    overhead = len(frame.prefix) + len(frame.suffix) + len(frame.answer_end)
+    CURRENT.full_data_tokens = sum(min(n + overhead, data_args.cutoff_len) for n in inputs.token_lengths)
     selection = select_examples(inputs, args)
     if training_args.should_save:
         subset = [_sharegpt(row) for row in dataset.select(selection.selected)]

@@ -1,0 +1,113 @@
+"""The P2D timing callback: training time, AER, and the P2D figures in LLaMA-Factory's trainer_log.jsonl."""
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..io import atomic_write_json
+from .aer import AER_FILE, aer_record, read_timings, record_timings, reference_training_seconds, time_full_steps
+
+
+logger = logging.getLogger(__name__)
+TRAINER_LOG = "trainer_log.jsonl"
+SELECTION_KEYS = ("head_identification_seconds", "data_scoring_seconds")
+
+
+@dataclass
+class AERRequest:
+    """How t_FFT is obtained: a reference run, an estimate from k timed full steps, or this run itself."""
+
+    reference_dir: str | None = None
+    estimate_steps: int | None = None
+    this_run_is_full_ft: bool = False
+    load_full_model: Callable[[], Any] | None = None  # for the estimate
+    full_data_tokens: Callable[[], int] | None = None  # real tokens of the full training data
+    epochs: float = 1.0
+    learning_rate: float = 2e-5
+
+
+class P2DTimingCallback(TrainerCallback):
+    """Times training (process 0), then writes p2d_timings.json, p2d_aer.json and a trainer_log.jsonl line."""
+
+    def __init__(self, request: AERRequest) -> None:
+        self.request = request
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):
+        if self.start is None or not state.is_world_process_zero:
+            return
+        training = time.perf_counter() - self.start
+        record_timings(args.output_dir, {"training_seconds": training})
+        timings = read_timings(args.output_dir)
+        selection = {key: float(timings[key]) for key in SELECTION_KEYS if key in timings}
+        line: dict[str, Any] = {
+            f"p2d_{key}": value for key, value in {**selection, "training_seconds": training}.items()
+        }
+        t_fft = self._t_fft(training, args, train_dataloader)
+        if t_fft is not None:
+            record = aer_record(selection, training, *t_fft)
+            atomic_write_json(Path(args.output_dir) / AER_FILE, record)
+            line["p2d_aer"] = record["aer"]
+            logger.info("P2D: AER = %.4f (%s t_FFT = %.1f s)", record["aer"], record["mode"], record["t_fft_seconds"])
+        _append_log(args.output_dir, state, line)
+
+    def _t_fft(self, training: float, args, dataloader) -> tuple[float, str, dict[str, Any]] | None:
+        request = self.request
+        if request.reference_dir is not None:
+            seconds, source = reference_training_seconds(request.reference_dir)
+            return seconds, "measured", {"reference": source}
+        if request.estimate_steps:
+            return self._estimate(args, dataloader)
+        if request.this_run_is_full_ft:
+            return training, "measured", {"reference": "this run (full fine-tuning on the full data)"}
+        return None
+
+    def _estimate(self, args, dataloader) -> tuple[float, str, dict[str, Any]]:
+        request = self.request
+        micro = args.gradient_accumulation_steps
+        wanted = (request.estimate_steps + 1) * micro
+        batches = []
+        for batch in dataloader:
+            batches.append(
+                {k: v.to(args.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+            )
+            if len(batches) == wanted:
+                break
+        steps = [batches[i : i + micro] for i in range(0, len(batches), micro)][-request.estimate_steps :]
+        model = request.load_full_model()
+        seconds, tokens = time_full_steps(model, steps, request.learning_rate)
+        del model
+        full_tokens = request.full_data_tokens()
+        per_token = seconds / tokens
+        inputs = {
+            "estimate_steps": len(steps),
+            "timed_tokens": tokens,
+            "timed_seconds": seconds,
+            "seconds_per_token": per_token,
+            "full_data_tokens": full_tokens,
+            "epochs": request.epochs,
+            "formula": "t_fft_seconds = seconds_per_token * full_data_tokens * epochs",
+        }
+        return per_token * full_tokens * request.epochs, "estimated", inputs
+
+
+def _append_log(output_dir: str, state, values: dict[str, Any]) -> None:
+    """Add the P2D figures as a final trainer_log.jsonl line that LLaMA-Board's log view reads."""
+    line = {
+        "current_steps": state.global_step,
+        "total_steps": state.max_steps,
+        "percentage": 100.0,
+        **{k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in values.items()},
+    }
+    with open(Path(output_dir) / TRAINER_LOG, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
