@@ -103,3 +103,16 @@ def test_measured_and_estimated_aer_through_the_cli(tiny_models, tiny_dataset_di
             )
             assert record["t_fft_seconds"] == pytest.approx(recomputed)
             assert inputs["full_data_tokens"] > inputs["timed_tokens"]
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_on_the_full_data_is_its_own_reference(tiny_models, tiny_dataset_dir, tmp_path):
+    config = train_config(
+        tiny_models["llama"], tiny_dataset_dir, tmp_path / "fft", finetuning_type="full", max_steps=2
+    )
+    for key in ("p2d_head_ratio", "p2d_fhi_samples", "p2d_fhi_steps", "p2d_fhi_lr"):
+        config.pop(key)
+    run_cli("train", str(write_yaml(tmp_path / "fft.yaml", config)), cwd=tmp_path)
+    record = json.loads((tmp_path / "fft" / "p2d_aer.json").read_text())
+    assert record["aer"] == 1.0 and record["mode"] == "measured" and record["selection_seconds"] == 0
+    assert reference_training_seconds(tmp_path / "fft")[0] == record["training_seconds"]  # usable as a reference

@@ -24,15 +24,16 @@ def _load_full_model():
 
 
 def run_sft(original, model_args, data_args, training_args, finetuning_args, generating_args, callbacks=None):
-    """Add the P2D timing callback (training time, AER) when the run uses any P2D feature."""
-    if finetuning_args.uses_p2d:
+    """Add the P2D timing callback (training time, AER) when the run uses any P2D feature, and to full
+    fine-tuning on the full data, which is then its own AER reference (AER = 1) for other runs."""
+    full_ft_reference = finetuning_args.finetuning_type == "full" and finetuning_args.p2d_data_selection == "none"
+    if finetuning_args.uses_p2d or full_ft_reference:
         from ..report.timing import AERRequest, P2DTimingCallback
 
         request = AERRequest(
             reference_dir=finetuning_args.p2d_aer_reference,
             estimate_steps=finetuning_args.p2d_aer_estimate_steps,
-            this_run_is_full_ft=finetuning_args.finetuning_type == "full"
-            and finetuning_args.p2d_data_selection == "none",
+            this_run_is_full_ft=full_ft_reference,
             load_full_model=_load_full_model,
             full_data_tokens=_full_data_tokens,
             epochs=training_args.num_train_epochs,

@@ -1,0 +1,317 @@
+"""p2d-sweep: resume, ordering, failures, and the paper-format report (offline: a stub replaces
+llamafactory-cli and p2d-eval, so nothing trains)."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from p2d_llamafactory.report import grid
+from p2d_llamafactory.report.sweep import CLI_ENV, EVAL_ENV, main
+
+
+SPEC = Path(__file__).resolve().parents[1] / "yaml_examples" / "grid.yaml"
+
+STUB = r"""
+import json, os, sys
+from pathlib import Path
+
+import yaml
+
+mode, target = sys.argv[1], sys.argv[2]
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(f"{mode} {target} FORCE_TORCHRUN={os.environ.get('FORCE_TORCHRUN', '')}\n")
+if mode == "train":
+    config = yaml.safe_load(open(target))
+    out = Path(config["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    if out.name in os.environ.get("STUB_FAIL", "").split(","):
+        print(f"stub: {out.name} crashes", flush=True)
+        sys.exit(3)
+    print(f"stub: training {out.name}", flush=True)
+    (out / "generated_predictions.jsonl").write_text('{"prompt": "q", "predict": "#### 1", "label": "#### 1"}\n')
+    (out / "train_results.json").write_text(json.dumps({"train_runtime": 100.0}))
+    if config.get("finetuning_type") == "p2d_heads" and not config.get("p2d_heads_file"):
+        heads = {"method": config.get("p2d_head_selection", "w1"), "ratio": config.get("p2d_head_ratio", 0.1)}
+        (out / "p2d_heads.json").write_text(json.dumps(heads))
+    if config.get("finetuning_type") != "full" or config.get("p2d_data_selection", "none") != "none":
+        (out / "p2d_aer.json").write_text(json.dumps({"aer": 0.5, "mode": "measured"}))
+elif mode == "eval":
+    out = Path(target)
+    (out / "p2d_eval.json").write_text(json.dumps({"metric": "em", "score": 50.0, "num_predictions": 1}))
+    print(f"stub: scored {out.name}", flush=True)
+"""
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder (the cwd) with a toy data set and the stub commands in the environment."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data_info"
+    data.mkdir()
+    (data / "toy.json").write_text("[]")
+    (data / "dataset_info.json").write_text(
+        json.dumps({"gsm8k_local": {"file_name": "toy.json"}, "gsm8k_local_test": {"file_name": "toy.json"}})
+    )
+    stub = tmp_path / "stub.py"
+    stub.write_text(STUB)
+    log = tmp_path / "calls.log"
+    log.touch()
+    monkeypatch.setenv("STUB_LOG", str(log))
+    monkeypatch.setenv(CLI_ENV, f"{sys.executable} {stub}")
+    monkeypatch.setenv(EVAL_ENV, f"{sys.executable} {stub} eval")
+    monkeypatch.delenv("FORCE_TORCHRUN", raising=False)
+    monkeypatch.delenv("STUB_FAIL", raising=False)
+    return tmp_path
+
+
+def _calls(project: Path) -> list[tuple[str, str]]:
+    lines = (project / "calls.log").read_text().splitlines()
+    return [
+        (line.split()[0], Path(line.split()[1]).stem if line.startswith("train") else Path(line.split()[1]).name)
+        for line in lines
+    ]
+
+
+def _mini_grid(project: Path, selections=("full_data", "ifd", "p2d"), adaptations=("full", "lora", "p2d_heads")):
+    """The repository's spec cut down to the CPU twin, GSM8K and a few cells, generated into runs/."""
+    data = yaml.safe_load(SPEC.read_text())
+    data["models"] = {"smollm2-cpu": data["models"]["smollm2-cpu"]}
+    data["datasets"] = {"gsm8k": data["datasets"]["gsm8k"]}
+    data["selections"] = {name: data["selections"][name] for name in selections}
+    data["adaptations"] = {name: data["adaptations"][name] for name in adaptations}
+    data["ratio_ablations"], data["lock_and_key"], data["notes"] = [], [], {}
+    spec = project / "grid.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert grid.main(["--spec", str(spec), "--output-dir", "runs"]) == 0
+    return project / "runs" / "smollm2-cpu" / "gsm8k"
+
+
+def _finish(out: Path, score: float | None = 50.0, aer: float | None = 0.5, metric: str = "em") -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if score is not None:
+        (out / "p2d_eval.json").write_text(json.dumps({"metric": metric, "score": score, "num_predictions": 10}))
+    if aer is not None:
+        (out / "p2d_aer.json").write_text(json.dumps({"aer": aer, "mode": "measured"}))
+
+
+def _write_run(path: Path, **keys) -> Path:
+    config = {
+        "model_name_or_path": "models/tiny",
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "gsm8k_local",
+        "dataset_dir": "data_info",
+        "eval_dataset": "gsm8k_local_test",
+        "do_predict": True,
+        "predict_with_generate": True,
+        "output_dir": f"saves/tiny/gsm8k/{path.stem}",
+        **keys,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_resume_skips_finished_runs_and_orders_dependencies(project, capfd):
+    runs = _mini_grid(project)
+    saves = project / "saves" / "smollm2-cpu" / "gsm8k"
+    _finish(saves / "ifd__lora")
+    _finish(saves / "ifd__full")
+
+    assert main([str(runs), "--report-dir", "report"]) == 0
+    calls = _calls(project)
+    trained = [name for mode, name in calls if mode == "train"]
+    assert sorted(trained) == sorted(
+        [
+            "full_data__full",
+            "full_data__lora",
+            "full_data__p2d_heads",
+            "ifd__p2d_heads",
+            "p2d__full",
+            "p2d__lora",
+            "p2d__p2d_heads",
+        ]
+    )
+    # t_FFT reference first; the P2D heads before the runs that read them
+    assert trained[0] == "full_data__full"
+    assert trained.index("p2d__p2d_heads") < min(
+        trained.index(n) for n in ("p2d__full", "p2d__lora", "ifd__p2d_heads")
+    )
+    assert [name for mode, name in calls if mode == "eval"] == trained  # each trained run is scored right after
+    output = capfd.readouterr().out
+    assert "stub: training p2d__lora" in output and "stub: scored p2d__lora" in output  # children stream through
+    assert "ifd__lora" in output and "finished, skipped" in output
+    assert "7 trained" in output and "2 already finished" in output
+    assert "FORCE_TORCHRUN=1" not in (project / "calls.log").read_text()  # the CPU twin has no DeepSpeed
+
+    # the reference run writes no p2d_aer.json (plain full fine-tuning): AER 1 by definition, and finished
+    assert not (saves / "full_data__full" / "p2d_aer.json").exists()
+    (project / "calls.log").write_text("")
+    assert main([str(runs), "--report-dir", "report"]) == 0
+    assert _calls(project) == []
+    assert "| + full parameters | 100% | 100% | 50.00 | 1.00 |" in (project / "report" / "results.md").read_text()
+
+
+def test_evaluate_only_when_predictions_exist(project):
+    path = _write_run(project / "runs" / "lora_run.yaml", finetuning_type="lora", p2d_data_selection="random")
+    out = project / "saves" / "tiny" / "gsm8k" / "lora_run"
+    _finish(out, score=None)
+    (out / "generated_predictions.jsonl").write_text("{}\n")
+    assert main([str(path), "--report-dir", "report"]) == 0
+    assert _calls(project) == [("eval", "lora_run")]
+    assert (out / "p2d_eval.json").is_file()
+
+
+def test_dry_run_and_collect_only_launch_nothing(project, capsys):
+    runs = _mini_grid(project, selections=("full_data", "p2d"), adaptations=("full", "p2d_heads"))
+    _finish(project / "saves" / "smollm2-cpu" / "gsm8k" / "full_data__p2d_heads")
+
+    assert main([str(runs), "--dry-run", "--report-dir", "report"]) == 0
+    output = capsys.readouterr().out
+    assert "full_data__p2d_heads" in output and "finished, skipped" in output
+    assert "would train and evaluate" in output and "train " + str(runs / "p2d__full.yaml") in output
+    assert "dry run: 1 finished, 3 to run, 0 blocked, of 4." in output
+    assert _calls(project) == [] and not (project / "report").exists()
+
+    assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
+    assert _calls(project) == []
+    assert {p.name for p in (project / "report").iterdir()} == {"results.md", "results.csv", "aer_vs_perf.png"}
+
+
+def test_failure_stops_the_sweep_and_names_the_run(project, monkeypatch, capfd):
+    runs = _mini_grid(project, selections=("full_data", "p2d"), adaptations=("full", "p2d_heads"))
+    monkeypatch.setenv("STUB_FAIL", "p2d__p2d_heads")
+    assert main([str(runs), "--report-dir", "report"]) == 1
+    err = capfd.readouterr().err
+    assert f"run {runs / 'p2d__p2d_heads.yaml'} failed: llamafactory-cli train exited with 3" in err
+    trained = [name for mode, name in _calls(project) if mode == "train"]
+    assert trained[-1] == "p2d__p2d_heads" and "p2d__full" not in trained
+    assert (project / "report" / "results.md").is_file()  # what finished is still reported
+
+    (project / "calls.log").write_text("")
+    assert main([str(runs), "--keep-going", "--report-dir", "report"]) == 1
+    output = capfd.readouterr()
+    trained = [name for mode, name in _calls(project) if mode == "train"]
+    assert trained == ["p2d__p2d_heads"]  # the finished runs are skipped; p2d__full needs the failed heads
+    assert "p2d__full" in output.out and "skipped: needs saves/smollm2-cpu/gsm8k/p2d__p2d_heads" in output.out
+
+
+def test_runs_that_cannot_start_are_named(project, capsys):
+    heads = _write_run(
+        project / "runs" / "needs_heads.yaml",
+        p2d_data_selection="p2d",
+        p2d_heads_file="saves/elsewhere/p2d_heads.json",
+    )
+    assert main([str(heads), "--report-dir", "report"]) == 1
+    assert "p2d_heads_file saves/elsewhere/p2d_heads.json does not exist and no run of this sweep writes it" in (
+        capsys.readouterr().err
+    )
+    unregistered = _write_run(project / "runs" / "hub.yaml", eval_dataset="gsm8k_test")
+    assert main([str(unregistered), "--report-dir", "report"]) == 1
+    assert "eval_dataset 'gsm8k_test' is not registered in data_info/dataset_info.json" in capsys.readouterr().err
+    assert _calls(project) == []
+
+
+def test_deepspeed_runs_get_torchrun(project):
+    path = _write_run(project / "runs" / "ds.yaml", deepspeed="ds_z2_config.json")
+    assert main([str(path), "--report-dir", "report"]) == 0
+    assert "FORCE_TORCHRUN=1" in (project / "calls.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"p2d_data_selection": "nuggets"}, "unknown p2d_data_selection 'nuggets'; allowed: none, p2d, random, ifd"),
+        ({"finetuning_type": "freeze"}, "finetuning_type 'freeze' is not in the paper's tables; allowed: full, lora"),
+        (
+            {"finetuning_type": "p2d_heads", "p2d_head_selection": "magnitude"},
+            "unknown p2d_head_selection 'magnitude'; allowed: w1, random, cosine, gradient",
+        ),
+    ],
+)
+def test_unknown_method_names_fail_before_anything_runs(project, capsys, keys, message):
+    good = _write_run(project / "runs" / "a_good.yaml")
+    bad = _write_run(project / "runs" / "b_bad.yaml", **keys)
+    assert main([str(project / "runs"), "--report-dir", "report"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and message in err
+    assert _calls(project) == [] and good.is_file() and not (project / "report").exists()
+
+
+def test_bad_paths(project, capsys):
+    assert main(["nowhere.yaml"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["runs/*.yaml"]) == 2
+    assert "matches no file" in capsys.readouterr().err
+    (project / "spec.yaml").write_text("models: {}\n")
+    assert main(["spec.yaml"]) == 2
+    assert "not a LLaMA-Factory training YAML" in capsys.readouterr().err
+
+
+def test_report_tables_and_figure(project):
+    runs = _mini_grid(
+        project, selections=("full_data", "ifd", "p2d"), adaptations=("full", "random_heads", "lora", "p2d_heads")
+    )
+    extra = project / "runs" / "smollm2-cpu" / "gsm8k"
+    _write_run(  # a second seed of p2d__p2d_heads: averaged into the same cell
+        extra / "p2d__p2d_heads__s4343.yaml",
+        finetuning_type="p2d_heads",
+        p2d_data_selection="p2d",
+        p2d_data_ratio=0.1,
+        p2d_head_ratio=0.1,
+        output_dir="saves/smollm2-cpu/gsm8k/p2d__p2d_heads__s4343",
+    )
+    _write_run(  # Table 3: rho_D 0.3
+        extra / "p2d__p2d_heads__rhoD0.3.yaml",
+        finetuning_type="p2d_heads",
+        p2d_data_selection="p2d",
+        p2d_data_ratio=0.3,
+        output_dir="saves/smollm2-cpu/gsm8k/p2d__p2d_heads__rhoD0.3",
+    )
+    saves = project / "saves" / "smollm2-cpu" / "gsm8k"
+    _finish(saves / "full_data__full", score=81.55, aer=None)
+    (saves / "full_data__full" / "train_results.json").write_text(json.dumps({"train_runtime": 1000.0}))
+    _finish(saves / "p2d__p2d_heads", score=80.0, aer=0.30)
+    _finish(saves / "p2d__p2d_heads__s4343", score=90.0, aer=0.40)
+    _finish(saves / "p2d__random_heads", score=67.13, aer=0.27)
+    _finish(saves / "ifd__p2d_heads", score=71.42, aer=0.80)
+    _finish(saves / "ifd__lora", score=None, aer=0.87)  # AER known, no predictions scored yet
+    _finish(saves / "p2d__p2d_heads__rhoD0.3", score=82.2, aer=0.4)
+
+    assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
+    md = (project / "report" / "results.md").read_text()
+    assert "## smollm2-cpu" in md and "GSM8K (EM) Perf. | GSM8K (EM) AER | Avg. Perf." in md
+    blocks = [line for line in md.splitlines() if line.startswith("| **")]
+    assert [b.split("**")[1] for b in blocks[:5]] == [
+        "Full (full dataset)",
+        "IFD",
+        "Data Whisperer",
+        "Random",
+        "P2D (Ours)",
+    ]
+    assert "| + full parameters | 100% | 100% | 81.55 | 1.00 | 81.55 |" in md
+    assert "| + P2D | 10% | 10% | 85.00 | 0.35 | 85.00 |" in md  # mean of the two seeds
+    assert "| + random | 10% | 10% | 67.13 | 0.27 | 67.13 |" in md
+    assert "| + LoRA | 10% | r=128 | – | 0.87 | – |" in md
+    assert "| + P2D | 10% | 10% | 71.42 | 0.80 | 71.42 |" in md
+    assert "| + full parameters | 10% | 100% | – | – | – |" in md  # missing cells
+    # Table 3 (rho_D), Table 4 (rho_P), Table 21 (lock and key)
+    assert "| 30% | 82.20 | 0.40 |" in md and "| 100% (full dataset) | – | – |" in md
+    assert "| 100% (full parameters) | – | – |" in md and "| 10% | 85.00 | 0.35 |" in md
+    assert "| P2D | Random | 67.13 |" in md and "| IFD | P2D | 71.42 |" in md and "| P2D | P2D | 85.00 |" in md
+    assert "| Nuggets (not implemented) | P2D | – |" in md
+
+    with open(project / "report" / "results.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["model", "block", "method", "rho_D", "rho_P", "gsm8k_perf", "gsm8k_aer", "avg_perf"]
+    assert ["smollm2-cpu", "P2D (Ours)", "+ P2D", "10%", "10%", "85.0000", "0.3500", "85.0000"] in rows
+    assert ["smollm2-cpu", "Data Whisperer", "+ LoRA", "10%", "–", "–", "–", "–"] in rows
+    assert len(rows) == 1 + 5 * 4
+
+    png = (project / "report" / "aer_vs_perf.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
