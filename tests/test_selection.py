@@ -263,3 +263,32 @@ def test_attention_weights_are_per_demo_token_normalised(selection_inputs, monke
         assert len(result.weights) == 5 and all(0 < w < 3 for w in result.weights)  # 3 heads: mass per token <= 3
         assert len(result.query_scores) == 3 and all(0 <= s <= 1 for s in result.query_scores)
     assert torch.tensor([r.score for r in seen]).std() > 0
+
+
+def test_teacher_forced_likelihoods_equal_a_full_logits_reference(tiny_tokenizer):
+    from p2d_llamafactory.data import probe as P
+
+    model = build_model("llama", tiny_tokenizer)
+    examples = {e.index: e for e in _examples()}
+    settings = P.ProbeSettings(scoring="teacher_forced", batch_size=3)
+    style = BUILTIN_STYLES["math"]
+    prober = P.Prober(model, tiny_tokenizer, _frame(tiny_tokenizer), style, {0: [1], 2: [0, 3]}, settings, None)
+    plans = [(0, [0, 1, 2, 3, 4], [5, 6, 7]), (1, [8, 9, 10, 11, 12], [13, 14, 15]), (2, [16, 17, 18, 19, 20], [2, 9])]
+    fast = prober.run_batch(plans, examples)  # logits only at the gold-answer positions, left padded
+    for (_, demos, queries), result in zip(plans, fast):
+        prompt = build_prompt(
+            tiny_tokenizer,
+            _frame(tiny_tokenizer),
+            style,
+            [examples[i] for i in demos],
+            [examples[i] for i in queries],
+            True,
+        )
+        ids = torch.tensor([prompt.input_ids])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        expected = [
+            float(log_probs[s - 1 : e - 1].gather(-1, ids[0, s:e, None]).squeeze(-1).mean().exp())
+            for s, e in prompt.answer_spans
+        ]
+        assert result.query_scores == pytest.approx(expected, abs=1e-5)

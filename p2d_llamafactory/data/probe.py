@@ -79,13 +79,30 @@ def _shift(spans: Iterable[tuple[int, int]], offset: int) -> list[tuple[int, int
     return [(start + offset, end + offset) for start, end in spans]
 
 
-def _gold_likelihoods(logits: torch.Tensor, ids: torch.Tensor, prompt: ProbePrompt, offset: int) -> list[float]:
-    """Per query: geometric-mean probability of its gold answer tokens (teacher forcing)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
+def _answer_positions(prompts: Sequence[ProbePrompt], offsets: Sequence[int]) -> list[int]:
+    """Positions whose logits predict a gold answer token (the position before each), over the batch."""
+    return sorted(
+        {
+            i - 1
+            for p, off in zip(prompts, offsets)
+            for start, end in _shift(p.answer_spans, off)
+            for i in range(start, end)
+        }
+    )
+
+
+def _gold_likelihoods(
+    logits: torch.Tensor, ids: torch.Tensor, prompt: ProbePrompt, offset: int, column: Mapping[int, int]
+) -> list[float]:
+    """Per query: geometric-mean probability of its gold answer tokens (teacher forcing).
+
+    ``logits`` holds only the kept positions; ``column`` maps a position to its row in ``logits``.
+    """
     scores = []
     for start, end in _shift(prompt.answer_spans, offset):
-        targets = ids[start:end]
-        token_lp = log_probs[start - 1 : end - 1].gather(-1, targets[:, None]).squeeze(-1)
+        rows = torch.tensor([column[i - 1] for i in range(start, end)], device=logits.device)
+        log_probs = torch.log_softmax(logits[rows].float(), dim=-1)
+        token_lp = log_probs.gather(-1, ids[start:end, None]).squeeze(-1)
         scores.append(float(token_lp.mean().exp()))
     return scores
 
@@ -130,9 +147,14 @@ class Prober:
             [_shift(p.demo_spans, off) for p, off in zip(prompts, offsets)],
         )
         with torch.no_grad(), probing(self.model, probe):
-            if teacher_forced:
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-                query_scores = [_gold_likelihoods(logits[b], ids[b], p, offsets[b]) for b, p in enumerate(prompts)]
+            if teacher_forced:  # logits only where a gold answer token is predicted
+                positions = _answer_positions(prompts, offsets)
+                keep = torch.tensor(positions, device=device)
+                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+                column = {pos: j for j, pos in enumerate(positions)}
+                query_scores = [
+                    _gold_likelihoods(logits[b], ids[b], p, offsets[b], column) for b, p in enumerate(prompts)
+                ]
             else:
                 out = self.model.generate(
                     input_ids=ids,
