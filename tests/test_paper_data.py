@@ -156,24 +156,23 @@ def test_registry_merge_keeps_other_keys(source, tmp_path):
 
 def test_hub_entries_shape_and_registration(tmp_path, capsys):
     entries = hub_entries()
-    assert entries == {
-        "gsm8k": {
-            "hf_hub_url": "openai/gsm8k",
-            "subset": "main",
-            "split": "train",
-            "columns": {"prompt": "question", "response": "answer"},
-        },
-        "dialogsum": {
-            "hf_hub_url": "knkarthick/dialogsum",
-            "split": "train",
-            "columns": {"prompt": "dialogue", "response": "summary"},
-        },
-        "bioinstruct": {
-            "hf_hub_url": "bio-nlp-umass/bioinstruct",
-            "split": "train",
-            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
-        },
+    from llamafactory.data.parser import get_dataset_list
+
+    (tmp_path / "dataset_info.json").write_text(json.dumps(entries))
+    attrs = {a.dataset_name: a for a in get_dataset_list(list(entries), str(tmp_path))}  # LLaMA-Factory reads them
+    assert {name: a.load_from for name, a in attrs.items()} == {
+        "openai/gsm8k": "hf_hub",
+        "knkarthick/dialogsum": "hf_hub",
+        "bio-nlp-umass/bioinstruct": "hf_hub",
     }
+    assert (attrs["openai/gsm8k"].prompt, attrs["openai/gsm8k"].response, attrs["openai/gsm8k"].subset) == (
+        "question",
+        "answer",
+        "main",
+    )
+    assert (attrs["knkarthick/dialogsum"].prompt, attrs["knkarthick/dialogsum"].response) == ("dialogue", "summary")
+    bio = attrs["bio-nlp-umass/bioinstruct"]
+    assert (bio.prompt, bio.query, bio.response, bio.split) == ("instruction", "input", "output", "train")
     allowed = {"hf_hub_url", "subset", "split", "columns"}
     columns = {"prompt", "query", "response"}
     assert all(set(e) <= allowed and set(e["columns"]) <= columns for e in entries.values())
