@@ -54,7 +54,8 @@ def test_prompt_spans_against_a_hand_checked_prompt(tiny_tokenizer):
     assert (prompt.demos, prompt.queries, prompt.references) == ([0, 1], [2], ["6 * 2 = 12.\n#### 12"])
     generate = build_prompt(tok, _frame(tok), style, demos, queries, teacher_forced=False)
     assert generate.input_ids == ids[: len(generate.input_ids)] and not generate.answer_spans
-    assert tok.decode(generate.input_ids).endswith("<|im_start|>assistant\n")
+    assert tok.decode(generate.input_ids).endswith("<|im_start|>assistant\nAnswer 1: ")
+    assert generate.answer_prefix == "Answer 1: "  # generation continues the answer format
 
 
 @pytest.mark.parametrize("name", ["chatml", "smollm2"])

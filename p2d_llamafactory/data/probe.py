@@ -165,7 +165,8 @@ class Prober:
                 )
                 texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
                 query_scores = [
-                    self.score_answers(text, p.references, self.settings.metric) for text, p in zip(texts, prompts)
+                    self.score_answers(p.answer_prefix + text, p.references, self.settings.metric)
+                    for text, p in zip(texts, prompts)
                 ]
         results = []
         for b, ((plan, demos, _), prompt) in enumerate(zip(plans, prompts)):

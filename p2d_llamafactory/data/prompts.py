@@ -86,6 +86,7 @@ class ProbePrompt:
     query_spans: list[tuple[int, int]] = field(default_factory=list)
     answer_spans: list[tuple[int, int]] = field(default_factory=list)  # teacher-forced gold answers
     references: list[str] = field(default_factory=list)
+    answer_prefix: str = ""  # generation starts after this text (part of the assistant turn)
 
     @property
     def query_rows(self) -> list[int]:
@@ -133,5 +134,8 @@ def build_prompt(
             add(f"Answer {k}: ")
             prompt.answer_spans.append(add(query.response.strip() + "\n"))
         ids.extend(frame.answer_end)
+    else:  # open the answer format, so that even a weak model's first answer is parsed
+        prompt.answer_prefix = "Answer 1: "
+        add(prompt.answer_prefix)
     prompt.input_ids = ids
     return prompt
