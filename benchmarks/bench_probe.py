@@ -38,7 +38,7 @@ from bench_common import DATA_DIR, load_model, load_tokenizer, model_folder
 from scipy.stats import spearmanr
 
 from p2d_llamafactory.data.metrics import score_answers
-from p2d_llamafactory.data.probe import Prober, ProbeSettings, PromptResult, final_scores, plan_prompts
+from p2d_llamafactory.data.probe import Prober, ProbeSettings, PromptResult, final_scores, left_pad, plan_prompts
 from p2d_llamafactory.data.prompts import ChatFrame, Example, ProbePrompt, TaskStyle, build_prompt, task_style
 from p2d_llamafactory.data.select import num_to_select, top_examples
 from p2d_llamafactory.heads.headset import HeadSet
@@ -140,19 +140,6 @@ def probe_heads(model, args: argparse.Namespace) -> tuple[dict[int, list[int]], 
 
 
 # ---------------------------------------------------------------- reference (Data-Whisperer style)
-
-
-def left_pad(prompts: Sequence[ProbePrompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    width = max(len(p.input_ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    offsets = []
-    for b, prompt in enumerate(prompts):
-        offset = width - len(prompt.input_ids)
-        ids[b, offset:] = torch.tensor(prompt.input_ids)
-        mask[b, offset:] = 1
-        offsets.append(offset)
-    return ids, mask, offsets
 
 
 def demo_mass(attention: torch.Tensor, prompt: ProbePrompt, offset: int, heads: Sequence[int]) -> list[float]:

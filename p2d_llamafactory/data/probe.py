@@ -62,7 +62,7 @@ def plan_prompts(candidates: Sequence[int], settings: ProbeSettings) -> list[tup
     return plans
 
 
-def _left_pad(prompts: Sequence[ProbePrompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def left_pad(prompts: Sequence[ProbePrompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     width = max(len(p.input_ids) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -138,7 +138,7 @@ class Prober:
             )
             for _, d, q in plans
         ]
-        ids, mask, offsets = _left_pad(prompts, self.pad_id)
+        ids, mask, offsets = left_pad(prompts, self.pad_id)
         device = next(self.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         probe = AttentionProbe(self.heads_by_layer)
