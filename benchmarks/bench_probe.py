@@ -9,10 +9,13 @@ All three methods score the SAME probe prompts (``plan_prompts`` + ``build_promp
 * ``p2d teacher_forced``: ``Prober`` with ``scoring="teacher_forced"``: one forward pass over prompt + gold
   answers, no decoding; the query score is the gold answers' geometric-mean token probability.
 * ``reference``: written here after Data Whisperer (nothing of it is imported): the model in EAGER attention,
-  greedy generation with the same ``--max-new-tokens`` (Data Whisperer itself decodes up to its token
-  budget), then a second full forward pass over the prompt with ``output_attentions=True`` (the attention
-  probabilities of all layers and heads are materialised), and the attention mass from the query rows to each
-  demonstration, summed over all heads of the middle layer, divided by the demonstration's length.
+  greedy generation with the same ``--max-new-tokens`` (Data Whisperer itself decodes until EOS or a total
+  token budget, ``max_token`` minus the prompt length), then a second full forward pass over the prompt with
+  ``output_attentions=True`` (the attention probabilities of all layers and heads are materialised), and the
+  attention mass from the query rows to each demonstration, summed over all heads of the middle layer,
+  divided by the demonstration's length. (Data Whisperer's own attention pass stops at the middle layer and
+  keeps only that layer's map, so this reference's second pass is the heavier, textbook variant.) Generated
+  text is scored like the Prober does: the prompt opens the answer format, so ``answer_prefix + text``.
 
 The three run batch by batch, interleaved in a rotating order, so load from other processes hits them alike.
 Candidates are the first ``--candidates`` rows of ``train.json`` not longer than ``--max-length`` tokens
