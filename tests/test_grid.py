@@ -107,13 +107,28 @@ def test_layout_and_paper_hyperparameters(files):
     assert twin["model_name_or_path"] == "models/SmolLM2-135M-Instruct" and twin["template"] == "smollm2"
     assert (twin["per_device_train_batch_size"], twin["gradient_accumulation_steps"], twin["num_train_epochs"]) == (
         4,
-        2,
-        1.0,
+        1,
+        2.0,
     )
     assert "bf16" not in twin and "deepspeed" not in twin
-    assert (twin["p2d_fhi_samples"], twin["p2d_fhi_steps"]) == (48, 10)
+    assert (twin["p2d_fhi_samples"], twin["p2d_fhi_steps"]) == (20, 5)
     assert twin["dataset"] == "dialogsum_local" and twin["eval_dataset"] == "dialogsum_local_test"
-    assert twin["dataset_dir"] == "data_info" and twin["p2d_icl_instruction"] == "summarization"
+    assert twin["dataset_dir"] == "data_info/cpu" and twin["p2d_icl_instruction"] == "summarization"
+    assert twin["p2d_icl_scoring"] == "teacher_forced"
+
+
+def test_model_overrides_per_dataset_win_over_the_dataset(files):
+    # the dataset block sets max_new_tokens for every model; the twin's own per-dataset block replaces it
+    assert _load(files, "qwen2.5-7b", "gsm8k", "p2d__full")["max_new_tokens"] == 512
+    assert _load(files, "smollm2-cpu", "gsm8k", "p2d__full")["max_new_tokens"] == 256
+    assert _load(files, "smollm2-cpu", "dialogsum", "p2d__full")["max_new_tokens"] == 128
+    # ... and a selection's or adaptation's keys still win over it
+    data = _spec_data()
+    data["models"]["smollm2-cpu"]["datasets"]["gsm8k"] = {"method": {"p2d_icl_demos": 2, "lora_rank": 4}}
+    generated = generate(parse_spec(data, SPEC))
+    assert yaml.safe_load(generated["smollm2-cpu/gsm8k/p2d__lora.yaml"])["p2d_icl_demos"] == 5
+    assert yaml.safe_load(generated["smollm2-cpu/gsm8k/p2d__lora.yaml"])["lora_rank"] == 128
+    assert yaml.safe_load(generated["smollm2-cpu/gsm8k/ifd__full.yaml"]).get("p2d_icl_demos") is None
 
 
 def test_cells_map_to_plugin_keys(files):
@@ -217,6 +232,12 @@ def _mutate(data, path, value):
         ),
         (("models", "qwen2.5-7b", "method", "learning_rate"), 1e-5, "it belongs in the 'train' block"),
         (("models", "qwen2.5-7b", "optimizer"), {}, "models.qwen2.5-7b: unknown key 'optimizer'; allowed: seeds"),
+        (
+            ("models", "smollm2-cpu", "datasets", "gsm9k"),
+            {},
+            "models.smollm2-cpu.datasets: unknown dataset 'gsm9k'; allowed: gsm8k, dialogsum, bioinstruct",
+        ),
+        (("models", "smollm2-cpu", "datasets", "gsm8k", "evals"), {}, "unknown block 'evals'"),
         (("defaults", "trainer"), {}, "defaults: unknown block 'trainer'; allowed: model, method"),
         (("adaptations", "lora", "method", "finetuning_type"), "freeze", "set by p2d-grid for each cell"),
         (("budget", "p2d_data_ratio"), 1.5, "budget.p2d_data_ratio must be a number in (0, 1]"),
@@ -262,6 +283,7 @@ def test_more_seeds_add_suffixed_cells(tmp_path):
     data["models"] = {"smollm2-cpu": data["models"]["smollm2-cpu"]}
     data["models"]["smollm2-cpu"]["seeds"] = [4242, 4343]
     data["datasets"] = {"gsm8k": data["datasets"]["gsm8k"]}
+    data["models"]["smollm2-cpu"]["datasets"] = {"gsm8k": data["models"]["smollm2-cpu"]["datasets"]["gsm8k"]}
     files = generate(parse_spec(data, SPEC))
     assert len(files) == 52
     seeded = yaml.safe_load(files["smollm2-cpu/gsm8k/ifd__p2d_heads__s4343.yaml"])

@@ -174,7 +174,7 @@ _TOP_KEYS = (
     "lock_and_key",
     "notes",
 )
-_MODEL_KEYS = ("seeds", "dataset_names", *BLOCKS)
+_MODEL_KEYS = ("seeds", "dataset_names", "datasets", *BLOCKS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -245,6 +245,7 @@ class ModelSpec:
     seeds: list[int]
     names: dict[str, str]  # train / test dataset name patterns with {dataset}
     layer: dict[str, dict[str, Any]]
+    dataset_layers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per-dataset overrides
 
 
 @dataclass
@@ -335,12 +336,22 @@ def parse_spec(data: Any, path: Path) -> GridSpec:
         layer = _blocks({key: entry[key] for key in BLOCKS if key in entry}, where)
         if "model_name_or_path" not in layer.get("model", {}):
             raise GridSpecError(f"{where}.model.model_name_or_path is missing.")
-        models.append(ModelSpec(name, list(seeds), {"train": names["train"], "test": names["test"]}, layer))
+        overrides = {
+            dataset: _blocks(blocks, f"{where}.datasets.{dataset}")
+            for dataset, blocks in _mapping(entry.get("datasets"), f"{where}.datasets").items()
+        }
+        models.append(ModelSpec(name, list(seeds), {"train": names["train"], "test": names["test"]}, layer, overrides))
 
     datasets = {}
     for name, entry in _mapping(data["datasets"], "datasets").items():
         _check_name(name, "datasets")
         datasets[name] = _blocks(entry, f"datasets.{name}")
+    for model in models:
+        for name in model.dataset_layers:
+            if name not in datasets:
+                raise GridSpecError(
+                    f"models.{model.name}.datasets: unknown dataset {name!r}; allowed: {_allowed(datasets)}."
+                )
 
     ablations = []
     entries = data.get("ratio_ablations") or []
@@ -533,6 +544,7 @@ def resolve_cell(spec: GridSpec, model: ModelSpec, cell: Cell, planned: dict[str
             spec.defaults,
             model.layer,
             spec.datasets[cell.dataset],
+            model.dataset_layers.get(cell.dataset, {}),
             spec.selections[cell.selection],
             spec.adaptations[cell.adaptation],
         ]
