@@ -21,6 +21,10 @@ PATCH_TARGETS = {
     "llamafactory.model.adapter": "p2d_llamafactory.integration.model:patch_adapter",
     "llamafactory.data.loader": "p2d_llamafactory.integration.data:patch_data_loader",
     "llamafactory.train.tuner": "p2d_llamafactory.integration.train:patch_tuner",
+    "llamafactory.extras.constants": "p2d_llamafactory.integration.webui:patch_constants",
+    "llamafactory.webui.locales": "p2d_llamafactory.integration.webui:patch_locales",
+    "llamafactory.webui.components.train": "p2d_llamafactory.integration.webui:patch_train_tab",
+    "llamafactory.webui.runner": "p2d_llamafactory.integration.webui:patch_runner",
 }
 
 

@@ -93,6 +93,7 @@ def test_measured_and_estimated_aer_through_the_cli(tiny_models, tiny_dataset_di
         assert record["aer"] == pytest.approx((selection + record["training_seconds"]) / record["t_fft_seconds"])
         last = json.loads((out / "trainer_log.jsonl").read_text().splitlines()[-1])
         assert last["p2d_aer"] == pytest.approx(record["aer"], abs=1e-4) and last["percentage"] == 100.0
+        _llamaboard_reads(out)
         if mode == "measured":
             assert record["t_fft_seconds"] == 200.0
         else:
@@ -103,6 +104,15 @@ def test_measured_and_estimated_aer_through_the_cli(tiny_models, tiny_dataset_di
             )
             assert record["t_fft_seconds"] == pytest.approx(recomputed)
             assert inputs["full_data_tokens"] > inputs["timed_tokens"]
+
+
+def _llamaboard_reads(output_dir):
+    """LLaMA-Board's monitor parses the log with the P2D line last: progress label, loss plot, running log."""
+    from llamafactory.webui.control import get_trainer_info
+
+    running_log, progress, info = get_trainer_info("en", str(output_dir), do_train=True)
+    assert progress.visible and progress.value == 100.0 and progress.label.startswith("Running 3/3: ")
+    assert "loss_viewer" in info
 
 
 @pytest.mark.slow

@@ -117,6 +117,14 @@ def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayou
     if (previous := reusable_head_set(inputs.output_dir, settings, layout)) is not None:
         return previous
 
+    logger.info(
+        "P2D: stage I, head identification (%s): %d examples, %d proxy steps, keeping %d of %d heads",
+        args.p2d_head_selection,
+        len(examples),
+        args.p2d_fhi_steps,
+        num_selected,
+        layout.total_heads,
+    )
     device = next(model.parameters()).device
     timings: dict[str, float] = {}
     proxy_loss: list[float] = []
@@ -159,6 +167,7 @@ def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayou
         title = f"P2D head scores ({method}), {len(head_set.selected)} of {layout.total_heads} heads selected"
         plot_head_heatmap(head_set.scores, head_set.selected, out_path.parent / HEATMAP_FILE, title)
         logger.info("P2D: wrote %s and %s", out_path, HEATMAP_FILE)
+    logger.info("P2D: stage I done in %.1f s", timings["total_seconds"])
     return head_set
 
 

@@ -9,6 +9,8 @@ Each patch replaces one LLaMA-Factory function with a wrapper of the same name t
 - ``llamafactory.data.loader``: ``get_dataset`` and ``_get_preprocessed_dataset`` (see ``integration.data``;
   the data selection it runs is in ``integration.selection``, the chat frame in ``integration.template``)
 - ``llamafactory.train.tuner``: ``run_sft`` adds the P2D timing callback (see ``integration.train``)
+- ``llamafactory.extras.constants``, ``llamafactory.webui.locales``, ``llamafactory.webui.components.train``,
+  ``llamafactory.webui.runner``: LLaMA-Board's P2D method, accordion and run arguments (see ``integration.webui``)
 """
 
 import functools
@@ -31,16 +33,24 @@ def wrap(module: ModuleType, name: str, wrapper: Callable) -> None:
     setattr(module, name, patched)
 
 
+class _ToLlamaFactory(logging.Handler):
+    """Hand each P2D record to LLaMA-Factory's root logger, so its handlers, including those added later
+    (LLaMA-Board's running_log.txt), show P2D messages too."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
+
+
 def share_llamafactory_logging() -> None:
-    """Send the ``p2d_llamafactory`` loggers to LLaMA-Factory's handler so P2D messages show in its logs."""
+    """Send the ``p2d_llamafactory`` loggers to LLaMA-Factory's handlers so P2D messages show in its logs."""
     from llamafactory.extras import logging as lf_logging
 
-    lf_root = lf_logging.get_logger("llamafactory")
-    while lf_root.parent is not None and not lf_root.handlers:
-        lf_root = lf_root.parent
     ours = logging.getLogger("p2d_llamafactory")
-    if not ours.handlers:
-        for handler in lf_root.handlers:
-            ours.addHandler(handler)
+    if not any(isinstance(handler, _ToLlamaFactory) for handler in ours.handlers):
+        ours.addHandler(_ToLlamaFactory(lf_logging.get_logger("llamafactory")))
         ours.setLevel(logging.INFO)
         ours.propagate = False

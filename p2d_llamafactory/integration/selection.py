@@ -3,6 +3,7 @@ before tokenization) to the selected subset, with stage I first when p2d selecti
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,13 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
     frame = inputs.frame
     overhead = len(frame.prefix) + len(frame.suffix) + len(frame.answer_end)
     CURRENT.full_data_tokens = sum(min(n + overhead, data_args.cutoff_len) for n in inputs.token_lengths)
+    logger.info(
+        "P2D: stage II, data selection (%s): scoring %d candidates, keeping %.0f%%",
+        args.p2d_data_selection,
+        len(examples),
+        100 * args.p2d_data_ratio,
+    )
+    start = time.perf_counter()
     selection = select_examples(inputs, args)
     if training_args.should_save:
         subset = [_sharegpt(row) for row in dataset.select(selection.selected)]
@@ -128,7 +136,8 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
             inputs, selection, head_set, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed
         )
     logger.info(
-        "P2D: data selection (%s) keeps %d of %d training examples",
+        "P2D: stage II done in %.1f s: data selection (%s) keeps %d of %d training examples",
+        time.perf_counter() - start,
         selection.method,
         len(selection.selected),
         len(examples),

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ class P2DTimingCallback(TrainerCallback):
             atomic_write_json(Path(args.output_dir) / AER_FILE, record)
             line["p2d_aer"] = record["aer"]
             logger.info("P2D: AER = %.4f (%s t_FFT = %.1f s)", record["aer"], record["mode"], record["t_fft_seconds"])
-        _append_log(args.output_dir, state, line)
+        _append_log(args.output_dir, state, line, training)
 
     def _t_fft(self, training: float, args, dataloader) -> tuple[float, str, dict[str, Any]] | None:
         request = self.request
@@ -101,12 +102,14 @@ class P2DTimingCallback(TrainerCallback):
         return per_token * full_tokens * request.epochs, "estimated", inputs
 
 
-def _append_log(output_dir: str, state, values: dict[str, Any]) -> None:
-    """Add the P2D figures as a final trainer_log.jsonl line that LLaMA-Board's log view reads."""
+def _append_log(output_dir: str, state, values: dict[str, Any], elapsed: float) -> None:
+    """Add the P2D figures as a final trainer_log.jsonl line, with the progress keys LLaMA-Board reads."""
     line = {
         "current_steps": state.global_step,
         "total_steps": state.max_steps,
         "percentage": 100.0,
+        "elapsed_time": str(timedelta(seconds=int(elapsed))),
+        "remaining_time": str(timedelta(seconds=0)),
         **{k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in values.items()},
     }
     with open(Path(output_dir) / TRAINER_LOG, "a", encoding="utf-8") as f:

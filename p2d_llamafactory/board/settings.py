@@ -1,0 +1,112 @@
+"""The P2D settings of LLaMA-Board: their widgets' defaults, the ``p2d_*`` keys they become, validation."""
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..hparams import DATA_SELECTIONS, HEAD_MODULES, HEAD_SELECTIONS, ICL_SCORINGS, P2DArguments
+
+
+ICL_INSTRUCTIONS = ("math", "summarization", "biomedical", "general")
+
+
+@dataclass(frozen=True)
+class BoardSetting:
+    """One widget of the P2D accordion; its element name is the ``p2d_*`` key it sets."""
+
+    key: str
+    kind: str  # "number", "integer", "choice", "multichoice", "text"
+    default: Any
+    choices: tuple[str, ...] = ()
+    group: str = "heads"  # heads: the head set (stage I / III); data: data selection (stage II); icl: probing
+
+
+SETTINGS = (
+    BoardSetting("p2d_head_ratio", "number", 0.1),
+    BoardSetting("p2d_head_modules", "multichoice", ("q", "o"), HEAD_MODULES),
+    BoardSetting("p2d_head_selection", "choice", "w1", HEAD_SELECTIONS),
+    BoardSetting("p2d_fhi_samples", "integer", 100),
+    BoardSetting("p2d_fhi_steps", "integer", 20),
+    BoardSetting("p2d_heads_file", "text", ""),
+    BoardSetting("p2d_data_selection", "choice", "none", DATA_SELECTIONS, group="data"),
+    BoardSetting("p2d_data_ratio", "number", 0.1, group="data"),
+    BoardSetting("p2d_icl_scoring", "choice", "generate", ICL_SCORINGS, group="icl"),
+    BoardSetting("p2d_icl_instruction", "choice", "", ("", *ICL_INSTRUCTIONS), group="icl"),
+    BoardSetting("p2d_aer_estimate_steps", "integer", 0, group="data"),
+)
+KEYS = tuple(setting.key for setting in SETTINGS)
+
+
+class BoardValueError(ValueError):
+    """A P2D value typed into LLaMA-Board is invalid; ``kind`` selects the localized alert."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def _convert(setting: BoardSetting, value: Any) -> Any:
+    """Widget value -> the YAML value (None when the widget leaves the key unset)."""
+    if setting.kind in ("number", "integer"):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise BoardValueError("invalid", f"`{setting.key}` must be a number; got an empty field.")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise BoardValueError("invalid", f"`{setting.key}` must be a number; got {value!r}.") from None
+        if setting.kind == "integer":
+            if number != int(number):
+                raise BoardValueError("invalid", f"`{setting.key}` must be a whole number; got {value!r}.")
+            return int(number)
+        return number
+    if setting.kind == "multichoice":
+        return ",".join(value) if value else ""
+    return value.strip() if isinstance(value, str) else value
+
+
+def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, Any]:
+    """The ``p2d_*`` keys a Train-tab run gets from the accordion's ``values`` (key -> widget value).
+
+    Head keys go to runs that train heads (``p2d_heads``) or select data with them (``p2d``); data keys to runs
+    that select data; probing keys to the two probing methods. Empty texts are left out (LLaMA-Factory's
+    command drops them too), but an empty module choice stays, for validation to refuse; ``p2d_aer_estimate_steps``
+    0 means off.
+    """
+    converted = {setting.key: _convert(setting, values[setting.key]) for setting in SETTINGS}
+    selection = converted["p2d_data_selection"]
+    groups = set()
+    if finetuning_type == "p2d_heads" or selection == "p2d":
+        groups.add("heads")
+    if selection != "none":
+        groups.update(("data", "icl") if selection in ("p2d", "data_whisperer") else ("data",))
+    if finetuning_type == "p2d_heads":
+        groups.add("data")
+    args = {
+        s.key: converted[s.key]
+        for s in SETTINGS
+        if s.group in groups and (converted[s.key] not in ("", None) or s.kind == "multichoice")  # none: an error
+    }
+    if selection == "none":
+        args.pop("p2d_data_ratio", None)
+    if not args.get("p2d_aer_estimate_steps"):
+        args.pop("p2d_aer_estimate_steps", None)
+    if args.get("p2d_heads_file"):  # a given head set replaces identification
+        for key in ("p2d_head_selection", "p2d_fhi_samples", "p2d_fhi_steps"):
+            args.pop(key, None)
+    return args
+
+
+def validate_args(args: dict[str, Any]) -> None:
+    """Raise BoardValueError naming the key and the allowed values, with the checks of the YAML path."""
+    if not args:
+        return
+    if "p2d_head_modules" in args and not args["p2d_head_modules"]:
+        raise BoardValueError("invalid", f"`p2d_head_modules` needs at least one of {', '.join(HEAD_MODULES)}.")
+    heads_file = args.get("p2d_heads_file")
+    if heads_file and not os.path.isfile(heads_file):
+        raise BoardValueError("heads_file", heads_file)
+    try:
+        P2DArguments(**args)
+    except (TypeError, ValueError) as err:
+        raise BoardValueError("invalid", str(err)) from None
