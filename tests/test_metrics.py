@@ -184,6 +184,15 @@ def test_split_question_echo_ends_previous_answer():
     assert split_answers(text, 2) == ["18", "7"]
 
 
+def test_split_echo_of_the_styles_input_label_ends_previous_answer():
+    # summarization prompts number their queries "Dialogue k:"; an echoed dialogue is not part of answer 1
+    text = "Answer 1: Tom lends Ann a pen.\nDialogue 2: #Person1#: Hi.\n#Person2#: Hello.\nAnswer 2: They greet."
+    assert split_answers(text, 2, echo_label="Dialogue") == ["Tom lends Ann a pen.", "They greet."]
+    assert split_answers(text, 2)[0].startswith("Tom lends Ann a pen.\nDialogue 2:")  # Question-only: not split
+    assert split_answers("Answer 1: a\n**Patient Case 2:** b\nAnswer 2: c", 2, "Patient Case") == ["a", "c"]
+    assert score_answers(text, ["Tom lends Ann a pen.", "They greet."], "rougeL", "Dialogue") == [1.0, 1.0]
+
+
 def test_split_bare_answer_after_question_echo():
     text = "Question 1: foo?\n**Answer:** 5\nQuestion 2: Find the answer: how many?\nAnswer 2: 7"
     assert split_answers(text, 2) == ["5", "7"]

@@ -7,6 +7,7 @@ own score. Math data (GSM8K style, gold answers end with ``#### <number>``) is s
 final number, everything else by ROUGE-L F1 with stemming.
 """
 
+import functools
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -33,15 +34,22 @@ _NUMBER = re.compile(r"([-+\u2212]?)[ \t]*\$?[ \t]*([-+\u2212]?)[ \t]*(\d[\d,]*(
 # previous answer; a bare "Answer:" (no number anywhere) is a marker only at the start of a line right after
 # such an echo (it then opens answer k), otherwise it is ordinary answer text.
 _BOLD = r"(?:\*\*|__)"
-_MARKER = re.compile(
-    r"(?:^[ \t]*\#{1,3}[ \t]*)?"  # markdown heading (at most 3 '#', so a '####' final line is never eaten)
-    rf"{_BOLD}?[ \t]*\b(?:"
-    rf"(?:question[ \t]*(?P<q>\d+)[ \t]*{_BOLD}?[ \t]*:?\s*{_BOLD}?[ \t]*)?"
-    r"answer[ \t]*(?P<a>\d+)?"
-    rf"|question[ \t]*(?P<echo>\d+)"
-    rf")[ \t]*{_BOLD}?[ \t]*:(?:[ \t]*{_BOLD})?",
-    re.IGNORECASE | re.MULTILINE,
-)
+
+
+@functools.lru_cache(maxsize=8)
+def _marker(echo_label: str) -> re.Pattern:
+    """``Answer k:`` markers and ``<echo_label> k:`` echoes of the queries (the style's input label)."""
+    echo = re.escape(echo_label).replace(r"\ ", r"[ \t]*")
+    return re.compile(
+        r"(?:^[ \t]*\#{1,3}[ \t]*)?"  # markdown heading (at most 3 '#', so a '####' final line is never eaten)
+        rf"{_BOLD}?[ \t]*\b(?:"
+        rf"(?:question[ \t]*(?P<q>\d+)[ \t]*{_BOLD}?[ \t]*:?\s*{_BOLD}?[ \t]*)?"
+        r"answer[ \t]*(?P<a>\d+)?"
+        rf"|(?:question|{echo})[ \t]*(?P<echo>\d+)"
+        rf")[ \t]*{_BOLD}?[ \t]*:(?:[ \t]*{_BOLD})?",
+        re.IGNORECASE | re.MULTILINE,
+    )
+
 
 _METRIC_NAMES = ("auto", "em", "rougeL")
 _scorer = None
@@ -139,14 +147,15 @@ def _at_line_start(text: str, pos: int) -> bool:
     return not text[line_start:pos].strip(" \t*_#")
 
 
-def split_answers(generated: str, num_queries: int) -> list[str]:
+def split_answers(generated: str, num_queries: int, echo_label: str = "Question") -> list[str]:
     """Split one generation into exactly ``num_queries`` answers (a missing one is "").
 
     Markers are ``Answer k:`` in any case, optionally bold (``**Answer k:**``, ``**Answer k**:``), a markdown
     heading, with a space before the colon, or ``Question k Answer:``. Answer k is the stripped text after
     the FIRST marker for k up to the next marker of any number (markers with k outside 1..num_queries, and
-    a lone ``Question k:`` echoing a query, still end the previous answer but give no answer themselves;
-    a bare ``Answer:`` at the start of a line right after such an echo opens answer k).
+    a lone ``Question k:`` or ``<echo_label> k:`` (the prompt style's input label, e.g. ``Dialogue``) echoing
+    a query, still end the previous answer but give no answer themselves; a bare ``Answer:`` at the start of a
+    line right after such an echo opens answer k).
     Text before the first marker is ignored. With no marker for any k in 1..num_queries: for
     ``num_queries == 1`` the text before the first out-of-range ``Answer k:`` marker (usually the whole
     generation), stripped; otherwise all answers are "".
@@ -156,7 +165,7 @@ def split_answers(generated: str, num_queries: int) -> list[str]:
     generated = generated or ""
     markers: list[tuple[int, int, int]] = []  # (k, start, end); k = 0 for a "Question k:" delimiter
     echo = None  # number of a "Question k:" echo that is the latest marker so far
-    for match in _MARKER.finditer(generated):
+    for match in _marker(echo_label).finditer(generated):
         number = match.group("a") or match.group("q")
         if number is not None:
             markers.append((int(number), match.start(), match.end()))
@@ -181,14 +190,15 @@ def split_answers(generated: str, num_queries: int) -> list[str]:
     return [answer or "" for answer in answers]
 
 
-def score_answers(generated: str, references: list[str], metric: str) -> list[float]:
-    """Per-query scores of one generation: split into ``len(references)`` answers, score each with
-    ``METRICS[metric]`` against its own reference ("auto" must be resolved with :func:`resolve_metric` first).
+def score_answers(generated: str, references: list[str], metric: str, echo_label: str = "Question") -> list[float]:
+    """Per-query scores of one generation: split into ``len(references)`` answers (queries echoed as
+    ``<echo_label> k:`` end an answer), score each with ``METRICS[metric]`` against its own reference ("auto" must
+    be resolved with :func:`resolve_metric` first).
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)} (resolve 'auto' first); got '{metric}'.")
     if not references:
         return []
     fn = METRICS[metric]
-    answers = split_answers(generated, len(references))
+    answers = split_answers(generated, len(references), echo_label)
     return [fn(answer, ref) for answer, ref in zip(answers, references)]

@@ -1,5 +1,6 @@
 """Stage II orchestration: score candidates with the chosen method, keep the top ``p2d_data_ratio``."""
 
+import functools
 import logging
 import math
 import time
@@ -125,7 +126,8 @@ def _probe(model: nn.Module, inputs: SelectionInputs, args, candidates, heads, c
     metric = resolve_metric(args.p2d_icl_metric, [inputs.examples[i].response for i in candidates])
     settings = probe_settings(args, metric)
     style = task_style(args.p2d_icl_instruction, metric)
-    prober = Prober(model, inputs.tokenizer, inputs.frame, style, heads, settings, score_answers)
+    scorer = functools.partial(score_answers, echo_label=style.input_label)  # echoed queries end an answer
+    prober = Prober(model, inputs.tokenizer, inputs.frame, style, heads, settings, scorer)
     done = checkpoint.load() if checkpoint else {}
     on_result = checkpoint.append if checkpoint else (lambda result: None)
     examples = {i: inputs.examples[i] for i in candidates}
