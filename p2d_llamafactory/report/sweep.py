@@ -775,10 +775,10 @@ def plot_aer_vs_perf(figure: dict[str, Any], path: Path) -> None:
             ("p2d_heads", "P2D heads"),
         )
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=(len(handles) + 1) // 2, fontsize=8, frameon=False)
     fig.suptitle("AER vs. performance: selection methods (colour), adaptation variants (marker)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    fig.tight_layout(rect=(0, 0.1, 1, 0.96))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
 
 
