@@ -4,8 +4,6 @@
 messages shown for invalid values.
 """
 
-LANGUAGES = ("en", "ru", "zh", "ko", "ja")
-
 
 def _texts(**by_language: tuple[str, str]) -> dict[str, dict[str, str]]:
     return {lang: {"label": label, "info": info} for lang, (label, info) in by_language.items()}

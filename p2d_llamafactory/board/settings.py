@@ -4,10 +4,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ..data.prompts import BUILTIN_STYLES
 from ..hparams import DATA_SELECTIONS, HEAD_MODULES, HEAD_SELECTIONS, ICL_SCORINGS, P2DArguments
-
-
-ICL_INSTRUCTIONS = ("math", "summarization", "biomedical", "general")
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,7 @@ SETTINGS = (
     BoardSetting("p2d_data_selection", "choice", "none", DATA_SELECTIONS, group="data"),
     BoardSetting("p2d_data_ratio", "number", 0.1, group="data"),
     BoardSetting("p2d_icl_scoring", "choice", "generate", ICL_SCORINGS, group="icl"),
-    BoardSetting("p2d_icl_instruction", "choice", "", ("", *ICL_INSTRUCTIONS), group="icl"),
+    BoardSetting("p2d_icl_instruction", "choice", "", ("", *BUILTIN_STYLES), group="icl"),  # "": auto
     BoardSetting("p2d_aer_estimate_steps", "integer", 0, group="data"),
 )
 KEYS = tuple(setting.key for setting in SETTINGS)
@@ -47,7 +45,7 @@ class BoardValueError(ValueError):
 
 
 def _convert(setting: BoardSetting, value: Any) -> Any:
-    """Widget value -> the YAML value (None when the widget leaves the key unset)."""
+    """Widget value -> the YAML value; numbers must parse, an empty text stays "" (the key is left out)."""
     if setting.kind in ("number", "integer"):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise BoardValueError("invalid", f"`{setting.key}` must be a number; got an empty field.")

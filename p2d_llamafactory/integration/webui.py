@@ -70,6 +70,7 @@ def _parse_train_args(original, self, data: dict) -> dict[str, Any]:
 
 def _initialize(original, self, data: dict, do_train: bool, from_preview: bool) -> str:
     """Refuse invalid P2D values with LLaMA-Board's alert before anything launches."""
+    from ..board.locales import ALERTS
     from ..board.settings import BoardValueError, settings_to_args, validate_args
 
     error = original(self, data, do_train, from_preview)
@@ -79,8 +80,6 @@ def _initialize(original, self, data: dict, do_train: bool, from_preview: bool) 
     try:
         validate_args(settings_to_args(_p2d_values(self, data), _finetuning_type(self, data)))
     except BoardValueError as err:
-        from llamafactory.webui.locales import ALERTS
-
         return ALERTS[f"err_p2d_{err.kind}"][lang] + err.detail
     return ""
 
