@@ -419,6 +419,9 @@ def test_p2d_in_the_web_ui_end_to_end(board, tiny_models, tiny_dataset_dir, tmp_
         assert "P2D: stage II done in" in running_log and "keeps 24 of 48 training examples" in running_log
         last = json.loads((run / "trainer_log.jsonl").read_text().splitlines()[-1])
         assert last["p2d_aer"] > 0 and (run / "adapter_config.json").is_file()
+        loss_plot = page.locator(".block", has_text="Loss").locator("img").last
+        loss_plot.wait_for(timeout=30_000)  # the board's loss curve, drawn from trainer_log.jsonl
+        assert loss_plot.get_attribute("src")
         page.screenshot(path=str(tmp_path / "llamaboard_finished.png"), full_page=True)
 
         # the saved adapter is a checkpoint that loads in the Chat and Export tabs
