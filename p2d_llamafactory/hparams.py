@@ -1,17 +1,105 @@
-"""P2D arguments: the ``p2d_*`` keys a LLaMA-Factory YAML accepts, validated at parse time."""
+"""P2D arguments: the ``p2d_*`` keys a LLaMA-Factory YAML accepts, validated at parse time.
 
+Like LLaMA-Factory's ``FinetuningArguments``, :class:`P2DArguments` is composed of one small dataclass per
+concern. Each field's metadata says which concern (``stage``) it belongs to and which stage results it
+identifies (``identity``): the stage I cache key (``heads``) and the stage II cache key (``selection``) are
+derived from that metadata by :func:`identity`, the grid's key order and per-cell key lists by
+:func:`p2d_keys` / :func:`keys_of_stage`, and LLaMA-Board's defaults by :func:`default_of`, never listed by hand.
+"""
+
+import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .methods import (
+    DATA_SCORERS,
+    DATA_SELECTIONS,
+    HEAD_SELECTIONS,
+    ICL_SCORINGS,
+    METRIC_CHOICES,
+    PROBING_SELECTIONS,
+    PROXY_SCORERS,
+)
 
 
-HEAD_SELECTIONS = ("w1", "random", "cosine", "gradient")
-DATA_SELECTIONS = ("none", "p2d", "random", "ifd", "data_whisperer")
-ICL_METRICS = ("auto", "em", "rougeL")
-ICL_SCORINGS = ("generate", "teacher_forced")
 HEAD_MODULES = ("q", "k", "v", "o")
+HEAD_LR_SCALE = 10.0  # default p2d_head_lr_scale (docs/tuning.md)
 DEFAULT_HEAD_MODULES = ("q", "o")
 _MODULE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
+# concerns, in pipeline order: stage I (heads, proxy), stage III (adaptation), stage II (selection, probing), AER
+STAGES = ("heads", "proxy", "adaptation", "selection", "probing", "aer")
+IDENTITIES = ("heads", "selection")
+
+
+class _FieldMetadata(dict):
+    """Field metadata with P2D's own entries hidden from argparse: HfArgumentParser passes ``metadata.copy()`` on
+    to ``add_argument`` as keyword arguments, so ``copy`` returns only the entries argparse knows."""
+
+    P2D_ENTRIES = ("stage", "identity", "accepts_list")
+
+    def copy(self) -> dict[str, Any]:
+        return {key: value for key, value in self.items() if key not in self.P2D_ENTRIES}
+
+
+def p2d_field(default: Any, help: str, stage: str, identity: tuple[str, ...] = (), accepts_list: bool = False) -> Any:
+    """A ``p2d_*`` field: its help text, its concern and the stage results whose identity it is part of
+    (``accepts_list``: a YAML list of strings is as good as the comma-separated text)."""
+    assert stage in STAGES and all(name in IDENTITIES for name in identity)
+    metadata = _FieldMetadata(help=help, stage=stage, identity=identity, accepts_list=accepts_list)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _describe(value: Any) -> str:
+    if not isinstance(value, str):
+        return f"{value!r} ({type(value).__name__})"
+    try:
+        float(value)
+    except ValueError:
+        return f"the text {value!r}"
+    if "e" in value.lower() and "." not in value:
+        return f"the text {value!r} (YAML reads a number like 1e-4 as text: write 1.0e-4)"
+    return f"the text {value!r} (write the number without quotes)"
+
+
+def _normalised(f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    """``value`` checked against the field's type: ints widen to float, anything else of the wrong type (a quoted
+    number, a float in an integer key, a word) is refused naming the key and the expected type."""
+    key = f.name
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    kind = next(option for option in options if option is not type(None))
+    if typing.get_origin(kind) is Literal:
+        if not isinstance(value, str):
+            raise ValueError(f"`{key}` must be one of {', '.join(typing.get_args(kind))}; got {_describe(value)}.")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"`{key}` must be a number; got {_describe(value)}.")
+        if not math.isfinite(value):
+            raise ValueError(f"`{key}` must be a finite number; got {value!r}.")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"`{key}` must be a whole number; got {_describe(value)}.")
+        return value
+    if isinstance(value, str) or (
+        f.metadata.get("accepts_list") and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    ):
+        return value
+    raise ValueError(f"`{key}` must be a text; got {_describe(value)}.")
+
+
+def normalise_types(args: Any) -> None:
+    """Check and normalise every ``p2d_*`` value of ``args`` against its declared type, in place."""
+    hints = typing.get_type_hints(type(args))
+    for f in dataclasses.fields(args):
+        if f.name.startswith("p2d_"):
+            setattr(args, f.name, _normalised(f, hints[f.name], getattr(args, f.name)))
 
 
 def _choice_error(key: str, value: object, allowed: tuple[str, ...]) -> ValueError:
@@ -39,161 +127,225 @@ def heads_to_select(ratio: float, num_heads: int) -> int:
     return math.floor(ratio * num_heads + 0.5)
 
 
-@dataclass
-class P2DArguments:
-    r"""Arguments of the P2D pipeline (stage I: head identification; stage III: sparse head adaptation)."""
+def _positive_int(args: Any, *keys: str) -> None:
+    for key in keys:
+        value = getattr(args, key)
+        if value is not None and int(value) < 1:
+            raise ValueError(f"`{key}` must be a positive integer; got {value!r}.")
 
-    p2d_head_ratio: float = field(
-        default=0.1,
-        metadata={"help": "Fraction of all attention heads to select and train (rho_P), in (0, 1]."},
+
+def _ratio(args: Any, key: str) -> None:
+    if not (0.0 < float(getattr(args, key)) <= 1.0):
+        raise ValueError(f"`{key}` must be in (0, 1]; got {getattr(args, key)!r}.")
+
+
+@dataclass
+class HeadArguments:
+    r"""Which heads: how many, how they are scored, or a head set from elsewhere (stage I)."""
+
+    p2d_head_ratio: float = p2d_field(
+        0.1, "Fraction of all attention heads to select and train (rho_P), in (0, 1].", "heads", ("heads",)
     )
-    p2d_head_modules: str | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Per-head slices that train with `finetuning_type: p2d_heads`: a comma-separated subset of "
-                "q (query rows), k (key rows), v (value rows), o (output columns), or `all`. Under GQA the k/v "
-                "rows of a head are shared by its query-head group. Default: q,o."
-            )
-        },
+    p2d_head_selection: Literal[HEAD_SELECTIONS] = p2d_field(
+        "w1",
+        "How heads are scored: w1 (Wasserstein-1 between base and proxy, the paper's), random (the random-heads "
+        "baseline), cosine (1 - cosine similarity of the same distributions), gradient (|weight x gradient| on the "
+        "FHI examples).",
+        "heads",
+        ("heads",),
     )
-    p2d_head_selection: Literal["w1", "random", "cosine", "gradient"] = field(
-        default="w1",
-        metadata={
-            "help": (
-                "How heads are scored: w1 (Wasserstein-1 between base and proxy, the paper's), random (the "
-                "random-heads baseline), cosine (1 - cosine similarity of the same distributions), gradient "
-                "(|weight x gradient| on the FHI examples)."
-            )
-        },
+    p2d_heads_file: str | None = p2d_field(
+        None, "Reuse the head set in this p2d_heads.json instead of identifying heads.", "heads"
     )
-    p2d_fhi_samples: int = field(
-        default=100,
-        metadata={"help": "Number of random training examples for the Fast Head Identification proxy."},
-    )
-    p2d_fhi_steps: int = field(
-        default=20,
-        metadata={"help": "Full-batch update steps of the Fast Head Identification proxy."},
-    )
-    p2d_fhi_lr: float = field(
-        default=2e-5,
-        metadata={"help": "Learning rate of the Fast Head Identification proxy (AdamW, float32 master weights)."},
-    )
-    p2d_temperature: float = field(
-        default=0.1,
-        metadata={"help": "Softmax temperature tau of the head-scoring distributions."},
-    )
-    p2d_task_model: str | None = field(
-        default=None,
-        metadata={"help": "Score heads against this fine-tuned task model instead of training a proxy."},
-    )
-    p2d_heads_file: str | None = field(
-        default=None,
-        metadata={"help": "Reuse the head set in this p2d_heads.json instead of identifying heads."},
-    )
-    p2d_seed: int = field(
-        default=42,
-        metadata={"help": "Seed of the FHI example sample, random head selection and data-selection sampling."},
-    )
-    p2d_data_selection: Literal["none", "p2d", "random", "ifd", "data_whisperer"] = field(
-        default="none",
-        metadata={
-            "help": (
-                "Select training data before tokenization (any finetuning_type): p2d (ICL probing with attention "
-                "summed over the selected heads), random, ifd (instruction-following difficulty), data_whisperer "
-                "(ICL probing with all heads of one middle layer), or none."
-            )
-        },
-    )
-    p2d_data_ratio: float = field(
-        default=0.1,
-        metadata={"help": "Fraction of the training examples kept by data selection (rho_D), in (0, 1]."},
-    )
-    p2d_icl_instruction: str | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Task instruction of the probe prompts: math, summarization, biomedical, general, or your own "
-                "text. Default: math for #### answers, general otherwise."
-            )
-        },
-    )
-    p2d_icl_demos: int = field(default=5, metadata={"help": "Demonstrations per probe prompt (n_d)."})
-    p2d_icl_queries: int = field(default=3, metadata={"help": "Queries per probe prompt (n_q)."})
-    p2d_icl_rounds: int = field(
-        default=1, metadata={"help": "Probe until every candidate has been a demonstration this many times."}
-    )
-    p2d_icl_metric: str = field(
-        default="auto",
-        metadata={"help": "Metric of the probe answers: em (final #### number), rougeL (F1, stemmed), or auto."},
-    )
-    p2d_icl_scoring: Literal["generate", "teacher_forced"] = field(
-        default="generate",
-        metadata={
-            "help": (
-                "generate: decode the answers and score them with the metric (the paper's); teacher_forced: "
-                "score the gold answers' likelihood in the same single forward pass, no decoding."
-            )
-        },
-    )
-    p2d_icl_max_new_tokens: int = field(default=256, metadata={"help": "Generation bound per probe prompt."})
-    p2d_icl_batch_size: int = field(default=4, metadata={"help": "Probe prompts per forward pass."})
-    p2d_aer_reference: str | None = field(
-        default=None,
-        metadata={
-            "help": "output_dir of a full fine-tuning run on the full data: its training time is t_FFT of the AER."
-        },
-    )
-    p2d_aer_estimate_steps: int | None = field(
-        default=None,
-        metadata={
-            "help": (
-                "Estimate t_FFT of the AER by timing this many full-parameter steps of the same model on the same "
-                "data and hardware, extrapolated per token to the full data and epochs."
-            )
-        },
-    )
-    p2d_data_ppl_samples: int = field(
-        default=100,
-        metadata={"help": "Examples (of all, and of the selected) whose base-model perplexity the report compares."},
+    p2d_seed: int = p2d_field(
+        42,
+        "Seed of the FHI example sample, random head selection and data-selection sampling.",
+        "heads",
+        ("heads", "selection"),
     )
 
     def __post_init__(self) -> None:
         if self.p2d_head_selection not in HEAD_SELECTIONS:
             raise _choice_error("p2d_head_selection", self.p2d_head_selection, HEAD_SELECTIONS)
-        if not (0.0 < float(self.p2d_head_ratio) <= 1.0):
-            raise ValueError(f"`p2d_head_ratio` must be in (0, 1]; got {self.p2d_head_ratio!r}.")
-        if int(self.p2d_fhi_samples) < 1:
-            raise ValueError(f"`p2d_fhi_samples` must be a positive integer; got {self.p2d_fhi_samples!r}.")
-        if int(self.p2d_fhi_steps) < 1:
-            raise ValueError(f"`p2d_fhi_steps` must be a positive integer; got {self.p2d_fhi_steps!r}.")
-        if not float(self.p2d_fhi_lr) > 0:
-            raise ValueError(f"`p2d_fhi_lr` must be > 0; got {self.p2d_fhi_lr!r}.")
-        if not float(self.p2d_temperature) > 0:
-            raise ValueError(f"`p2d_temperature` must be > 0; got {self.p2d_temperature!r}.")
+        _ratio(self, "p2d_head_ratio")
+
+
+@dataclass
+class ProxyArguments:
+    r"""Fast Head Identification: the proxy fine-tuned for a few full-batch steps, or a task model (stage I)."""
+
+    p2d_fhi_samples: int = p2d_field(
+        100, "Number of random training examples for the Fast Head Identification proxy.", "proxy", ("heads",)
+    )
+    p2d_fhi_steps: int = p2d_field(
+        20, "Full-batch update steps of the Fast Head Identification proxy.", "proxy", ("heads",)
+    )
+    p2d_fhi_lr: float = p2d_field(
+        2e-5,
+        "Learning rate of the Fast Head Identification proxy (AdamW, float32 master weights).",
+        "proxy",
+        ("heads",),
+    )
+    p2d_temperature: float = p2d_field(
+        0.1, "Softmax temperature tau of the head-scoring distributions.", "proxy", ("heads",)
+    )
+    p2d_task_model: str | None = p2d_field(
+        None, "Score heads against this fine-tuned task model instead of training a proxy.", "proxy", ("heads",)
+    )
+
+    def __post_init__(self) -> None:
+        _positive_int(self, "p2d_fhi_samples", "p2d_fhi_steps")
+        for key in ("p2d_fhi_lr", "p2d_temperature"):
+            if not float(getattr(self, key)) > 0:
+                raise ValueError(f"`{key}` must be > 0; got {getattr(self, key)!r}.")
+
+
+@dataclass
+class HeadAdaptationArguments:
+    r"""Sparse head adaptation: which slices of the selected heads train (stage III)."""
+
+    p2d_head_modules: str | None = p2d_field(
+        None,
+        "Per-head slices that train with `finetuning_type: p2d_heads`: a comma-separated subset of q (query rows), "
+        "k (key rows), v (value rows), o (output columns), or `all`. Under GQA the k/v rows of a head are shared by "
+        "its query-head group. Default: q,o.",
+        "adaptation",
+        accepts_list=True,
+    )
+    p2d_head_lr_scale: float = p2d_field(
+        HEAD_LR_SCALE,
+        "Multiplier of `learning_rate` for the head slices with `finetuning_type: p2d_heads` (LoRA+ spirit): the "
+        "slices are ~1% of the weights and barely move at a rate tuned for LoRA or full fine-tuning, so the default "
+        f"{HEAD_LR_SCALE:g} turns LLaMA-Factory's usual PEFT rate 1e-4 into 1e-3 (measured in docs/tuning.md). "
+        "1: train at `learning_rate` as given (the paper's protocol).",
+        "adaptation",
+    )
+
+    def __post_init__(self) -> None:
+        parse_head_modules(self.p2d_head_modules)
+        scale = float(self.p2d_head_lr_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"`p2d_head_lr_scale` must be a finite number > 0; got {self.p2d_head_lr_scale!r}.")
+
+    @property
+    def head_modules(self) -> tuple[str, ...]:
+        return parse_head_modules(self.p2d_head_modules)
+
+
+@dataclass
+class DataSelectionArguments:
+    r"""Which examples train: the selection method and ratio (stage II)."""
+
+    p2d_data_selection: Literal[DATA_SELECTIONS] = p2d_field(
+        "none",
+        "Select training data before tokenization (any finetuning_type): p2d (ICL probing with attention summed over "
+        "the selected heads), random, ifd (instruction-following difficulty), data_whisperer (ICL probing with all "
+        "heads of one middle layer), or none.",
+        "selection",
+        ("selection",),
+    )
+    p2d_data_ratio: float = p2d_field(
+        0.1,
+        "Fraction of the training examples kept by data selection (rho_D), in (0, 1].",
+        "selection",
+        ("selection",),
+    )
+    p2d_data_ppl_samples: int = p2d_field(
+        100,
+        "Examples (of all, and of the selected) whose base-model perplexity the report compares; 0: none.",
+        "selection",
+    )
+
+    def __post_init__(self) -> None:
         if self.p2d_data_selection not in DATA_SELECTIONS:
             raise _choice_error("p2d_data_selection", self.p2d_data_selection, DATA_SELECTIONS)
-        if self.p2d_icl_metric not in ICL_METRICS:
-            raise _choice_error("p2d_icl_metric", self.p2d_icl_metric, ICL_METRICS)
+        _ratio(self, "p2d_data_ratio")
+
+
+@dataclass
+class ProbingArguments:
+    r"""In-context probing of the p2d and data_whisperer selections (stage II)."""
+
+    p2d_icl_instruction: str | None = p2d_field(
+        None,
+        "Task instruction of the probe prompts: math, summarization, biomedical, general, or your own text. "
+        "Default: math for #### answers, general otherwise.",
+        "probing",
+        ("selection",),
+    )
+    p2d_icl_demos: int = p2d_field(5, "Demonstrations per probe prompt (n_d).", "probing", ("selection",))
+    p2d_icl_queries: int = p2d_field(3, "Queries per probe prompt (n_q).", "probing", ("selection",))
+    p2d_icl_rounds: int = p2d_field(
+        1, "Probe until every candidate has been a demonstration this many times.", "probing", ("selection",)
+    )
+    p2d_icl_metric: str = p2d_field(
+        "auto",
+        "Metric of the probe answers: em (final #### number), rougeL (F1, stemmed), or auto.",
+        "probing",
+        ("selection",),
+    )
+    p2d_icl_scoring: Literal[ICL_SCORINGS] = p2d_field(
+        "generate",
+        "generate: decode the answers and score them with the metric (the paper's); teacher_forced: score the gold "
+        "answers' likelihood in the same single forward pass, no decoding.",
+        "probing",
+        ("selection",),
+    )
+    p2d_icl_max_new_tokens: int = p2d_field(256, "Generation bound per probe prompt.", "probing", ("selection",))
+    p2d_icl_batch_size: int = p2d_field(4, "Probe prompts per forward pass.", "probing")
+
+    def __post_init__(self) -> None:
+        if self.p2d_icl_metric not in METRIC_CHOICES:
+            raise _choice_error("p2d_icl_metric", self.p2d_icl_metric, METRIC_CHOICES)
         if self.p2d_icl_scoring not in ICL_SCORINGS:
             raise _choice_error("p2d_icl_scoring", self.p2d_icl_scoring, ICL_SCORINGS)
-        if not (0.0 < float(self.p2d_data_ratio) <= 1.0):
-            raise ValueError(f"`p2d_data_ratio` must be in (0, 1]; got {self.p2d_data_ratio!r}.")
-        for key in (
-            "p2d_icl_demos",
-            "p2d_icl_queries",
-            "p2d_icl_rounds",
-            "p2d_icl_max_new_tokens",
-            "p2d_icl_batch_size",
-        ):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"`{key}` must be a positive integer; got {getattr(self, key)!r}.")
+        _positive_int(
+            self, "p2d_icl_demos", "p2d_icl_queries", "p2d_icl_rounds", "p2d_icl_max_new_tokens", "p2d_icl_batch_size"
+        )
+
+
+@dataclass
+class AERArguments:
+    r"""Where t_FFT of the Alignment Efficiency Ratio comes from."""
+
+    p2d_aer_reference: str | None = p2d_field(
+        None,
+        "output_dir of a full fine-tuning run on the full data: its training time is t_FFT of the AER.",
+        "aer",
+    )
+    p2d_aer_estimate_steps: int | None = p2d_field(
+        None,
+        "Estimate t_FFT of the AER by timing this many full-parameter steps of the same model on the same data and "
+        "hardware, extrapolated per token to the full data and epochs.",
+        "aer",
+    )
+
+    def __post_init__(self) -> None:
         if self.p2d_aer_reference is not None and self.p2d_aer_estimate_steps is not None:
             raise ValueError("Set at most one of `p2d_aer_reference` and `p2d_aer_estimate_steps`.")
-        if self.p2d_aer_estimate_steps is not None and int(self.p2d_aer_estimate_steps) < 1:
-            raise ValueError(
-                f"`p2d_aer_estimate_steps` must be a positive integer; got {self.p2d_aer_estimate_steps!r}."
-            )
+        _positive_int(self, "p2d_aer_estimate_steps")
+
+
+# fields come in reverse order of the bases (dataclass rule): stage I first, then III, II and the AER
+_CONCERNS = (
+    AERArguments,
+    ProbingArguments,
+    DataSelectionArguments,
+    HeadAdaptationArguments,
+    ProxyArguments,
+    HeadArguments,
+)
+
+
+@dataclass
+class P2DArguments(*_CONCERNS):
+    r"""Arguments of the P2D pipeline: stage I (heads, proxy), stage III (adaptation), stage II (selection,
+    probing) and the AER."""
+
+    def __post_init__(self) -> None:
+        normalise_types(self)
+        for concern in reversed(_CONCERNS):
+            concern.__post_init__(self)
         if self.p2d_task_model is not None and self.p2d_heads_file is not None:
             raise ValueError("Set at most one of `p2d_task_model` and `p2d_heads_file`.")
         if self.p2d_task_model is not None and self.p2d_head_selection in ("random", "gradient"):
@@ -201,11 +353,6 @@ class P2DArguments:
                 f"`p2d_task_model` compares weights, which `p2d_head_selection: {self.p2d_head_selection}` does not "
                 "use; choose w1 or cosine."
             )
-        parse_head_modules(self.p2d_head_modules)
-
-    @property
-    def head_modules(self) -> tuple[str, ...]:
-        return parse_head_modules(self.p2d_head_modules)
 
     @property
     def uses_p2d(self) -> bool:
@@ -217,6 +364,85 @@ class P2DArguments:
             or self.p2d_aer_estimate_steps is not None
         )
 
+    def ineffective_keys(self) -> dict[str, str]:
+        """The ``p2d_*`` keys set away from their defaults that change nothing in this configuration, with why."""
+        changed = [key for key in p2d_keys(type(self)) if getattr(self, key) != default_of(key, type(self))]
+        return {key: why for key in changed if (why := self._why_ineffective(key))}
+
+    def _why_ineffective(self, key: str) -> str | None:
+        trains_heads = getattr(self, "finetuning_type", None) == "p2d_heads"
+        selects = self.p2d_data_selection != "none"
+        needs_heads = trains_heads or self.p2d_data_selection == "p2d"
+        identifies = needs_heads and not self.p2d_heads_file
+        scorer = self.p2d_head_selection
+        proxy = identifies and scorer in PROXY_SCORERS and self.p2d_task_model is None
+        stage = next(f.metadata["stage"] for f in p2d_fields(type(self)) if f.name == key)
+        rules = {
+            "p2d_head_ratio": (
+                identifies,
+                "no heads are identified (no p2d_heads training or p2d selection, or a heads file gives them)",
+            ),
+            "p2d_head_selection": (identifies, "no heads are identified"),
+            "p2d_heads_file": (needs_heads, "nothing uses a head set (no p2d_heads training or p2d selection)"),
+            "p2d_seed": (identifies or selects, "nothing is sampled (no stage I, no data selection)"),
+            "p2d_fhi_samples": (
+                identifies and scorer in DATA_SCORERS and (scorer == "gradient" or proxy),
+                "no FHI examples are used",
+            ),
+            "p2d_task_model": (identifies and scorer in PROXY_SCORERS, "no w1/cosine heads are identified"),
+        }
+        by_stage = {
+            "proxy": (proxy, "no proxy is trained"),
+            "adaptation": (trains_heads, "only `finetuning_type: p2d_heads` trains head slices"),
+            "selection": (selects, "`p2d_data_selection` is none"),
+            "probing": (self.p2d_data_selection in PROBING_SELECTIONS, "no probing selection (p2d, data_whisperer)"),
+        }
+        effective, why = rules.get(key) or by_stage.get(stage, (True, ""))
+        if key == "p2d_icl_max_new_tokens" and self.p2d_icl_scoring != "generate":
+            effective, why = False, "teacher-forced probing generates nothing"
+        return None if effective else why
+
     def p2d_dict(self) -> dict[str, object]:
         """The P2D keys and values, for records such as p2d_heads.json."""
-        return {name: getattr(self, name) for name in P2DArguments.__dataclass_fields__}
+        return {name: getattr(self, name) for name in p2d_keys(type(self))}
+
+
+def _arguments_class(cls: type | None) -> type:
+    # looked up at call time, so a class that extends P2DArguments (a later key, a test) is seen by every consumer
+    return cls if cls is not None else sys.modules[__name__].P2DArguments
+
+
+def p2d_fields(cls: type | None = None) -> list[dataclasses.Field]:
+    """The ``p2d_*`` fields of ``cls`` (default: P2DArguments), in pipeline order."""
+    return [f for f in dataclasses.fields(_arguments_class(cls)) if f.name.startswith("p2d_")]
+
+
+def p2d_keys(cls: type | None = None) -> tuple[str, ...]:
+    return tuple(f.name for f in p2d_fields(cls))
+
+
+def keys_of_stage(stage: str, cls: type | None = None) -> tuple[str, ...]:
+    """The keys of one concern (``STAGES``)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
+    return tuple(f.name for f in p2d_fields(cls) if f.metadata.get("stage") == stage)
+
+
+def identity_keys(name: str, cls: type | None = None) -> tuple[str, ...]:
+    """The keys whose values identify a stage's result (``heads``: stage I, ``selection``: stage II)."""
+    if name not in IDENTITIES:
+        raise ValueError(f"unknown identity {name!r}; allowed: {', '.join(IDENTITIES)}")
+    return tuple(f.name for f in p2d_fields(cls) if name in f.metadata.get("identity", ()))
+
+
+def identity(args: Any, name: str) -> dict[str, Any]:
+    """The identity of a stage's result under ``args``: every identity field of its class, by name."""
+    return {key: getattr(args, key) for key in identity_keys(name, type(args))}
+
+
+def default_of(key: str, cls: type | None = None) -> Any:
+    """The declared default of a ``p2d_*`` key."""
+    for f in p2d_fields(cls):
+        if f.name == key:
+            return f.default
+    raise KeyError(key)

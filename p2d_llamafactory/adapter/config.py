@@ -15,7 +15,6 @@ from ..heads.layout import AttentionLayout
 
 
 ROW_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj"}
-COLUMN_PROJECTIONS = {"o": "o_proj"}
 
 
 @dataclass(frozen=True)

@@ -5,32 +5,51 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.prompts import BUILTIN_STYLES
-from ..hparams import DATA_SELECTIONS, HEAD_MODULES, HEAD_SELECTIONS, ICL_SCORINGS, P2DArguments
+from ..hparams import DEFAULT_HEAD_MODULES, HEAD_MODULES, P2DArguments, default_of, p2d_fields
+from ..methods import DATA_SELECTIONS, HEAD_SELECTIONS, ICL_SCORINGS
+
+
+# the accordion's groups, from each key's concern (hparams.STAGES)
+_GROUPS = {"heads": "heads", "proxy": "heads", "adaptation": "heads", "selection": "data", "aer": "data"}
+_GROUPS["probing"] = "icl"
 
 
 @dataclass(frozen=True)
 class BoardSetting:
-    """One widget of the P2D accordion; its element name is the ``p2d_*`` key it sets."""
+    """One widget of the P2D accordion; its element name is the ``p2d_*`` key it sets. Its default and group
+    come from the key's field in P2DArguments."""
 
     key: str
     kind: str  # "number", "integer", "choice", "multichoice", "text"
-    default: Any
     choices: tuple[str, ...] = ()
-    group: str = "heads"  # heads: the head set (stage I / III); data: data selection (stage II); icl: probing
+
+    @property
+    def default(self) -> Any:
+        """The widget value of the key's declared default (None: an empty text, the default modules, 0 = off)."""
+        value = default_of(self.key)
+        if value is None:
+            return {"multichoice": DEFAULT_HEAD_MODULES, "integer": 0}.get(self.kind, "")
+        return value
+
+    @property
+    def group(self) -> str:
+        """heads: the head set (stage I / III); data: data selection (stage II) and AER; icl: probing."""
+        stage = next(f.metadata["stage"] for f in p2d_fields() if f.name == self.key)
+        return _GROUPS[stage]
 
 
 SETTINGS = (
-    BoardSetting("p2d_head_ratio", "number", 0.1),
-    BoardSetting("p2d_head_modules", "multichoice", ("q", "o"), HEAD_MODULES),
-    BoardSetting("p2d_head_selection", "choice", "w1", HEAD_SELECTIONS),
-    BoardSetting("p2d_fhi_samples", "integer", 100),
-    BoardSetting("p2d_fhi_steps", "integer", 20),
-    BoardSetting("p2d_heads_file", "text", ""),
-    BoardSetting("p2d_data_selection", "choice", "none", DATA_SELECTIONS, group="data"),
-    BoardSetting("p2d_data_ratio", "number", 0.1, group="data"),
-    BoardSetting("p2d_icl_scoring", "choice", "generate", ICL_SCORINGS, group="icl"),
-    BoardSetting("p2d_icl_instruction", "choice", "", ("", *BUILTIN_STYLES), group="icl"),  # "": auto
-    BoardSetting("p2d_aer_estimate_steps", "integer", 0, group="data"),
+    BoardSetting("p2d_head_ratio", "number"),
+    BoardSetting("p2d_head_modules", "multichoice", HEAD_MODULES),
+    BoardSetting("p2d_head_selection", "choice", HEAD_SELECTIONS),
+    BoardSetting("p2d_fhi_samples", "integer"),
+    BoardSetting("p2d_fhi_steps", "integer"),
+    BoardSetting("p2d_heads_file", "text"),
+    BoardSetting("p2d_data_selection", "choice", DATA_SELECTIONS),
+    BoardSetting("p2d_data_ratio", "number"),
+    BoardSetting("p2d_icl_scoring", "choice", ICL_SCORINGS),
+    BoardSetting("p2d_icl_instruction", "choice", ("", *BUILTIN_STYLES)),  # "": auto
+    BoardSetting("p2d_aer_estimate_steps", "integer"),
 )
 KEYS = tuple(setting.key for setting in SETTINGS)
 

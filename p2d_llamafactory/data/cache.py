@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,17 @@ class ProbeCheckpoint:
     def __init__(self, output_dir: Path, settings: dict[str, Any]) -> None:
         self.path = output_dir / PROGRESS_FILE
         self.settings = settings
+        self.previous_seconds = 0.0  # scoring time of the interrupted sessions, up to their last finished prompt
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Scoring seconds across every session of this run."""
+        return self.previous_seconds + (time.perf_counter() - self.started)
 
     def load(self) -> dict[int, PromptResult]:
         """Finished prompts of an interrupted run with the same settings; {} (and a fresh file) otherwise."""
+        self.started = time.perf_counter()
+        self.previous_seconds = 0.0
         done: dict[int, PromptResult] = {}
         if self.path.is_file():
             lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -48,6 +57,7 @@ class ProbeCheckpoint:
                 for line in lines[1:]:
                     record = _parse(line)
                     if record is not None:  # a line cut by a kill is simply redone
+                        self.previous_seconds = max(self.previous_seconds, float(record.pop("elapsed", 0.0)))
                         done[record["plan"]] = PromptResult(**record)
                 logger.info("P2D: resuming data probing, %d prompts already scored", len(done))
                 return done
@@ -58,13 +68,13 @@ class ProbeCheckpoint:
 
     def append(self, result: PromptResult) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(result.__dict__) + "\n")
+            f.write(json.dumps({**result.__dict__, "elapsed": self.elapsed()}, allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
 
 def atomic_write_json_line(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data) + "\n")
+    atomic_write_text(path, json.dumps(data, allow_nan=False) + "\n")
 
 
 def _parse(line: str) -> Any:

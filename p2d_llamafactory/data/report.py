@@ -6,9 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..heads.headset import HeadSet
-from ..io import atomic_write, atomic_write_json
-from ..report.aer import record_timings
+from ..io import atomic_write_json, pyplot, save_figure
 from .baselines import response_losses
 from .select import Selection, SelectionInputs
 
@@ -63,11 +61,7 @@ def selection_stats(inputs: SelectionInputs, selection: Selection, ppl_samples: 
 
 
 def plot_selection(inputs: SelectionInputs, selection: Selection, ppl: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = 2 if ppl else 1
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
     lengths = inputs.token_lengths
@@ -83,14 +77,12 @@ def plot_selection(inputs: SelectionInputs, selection: Selection, ppl: dict[str,
         ax.legend()
     fig.suptitle(f"{selection.method}: {len(selection.selected)} of {len(lengths)} examples selected", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_selection_report(
     inputs: SelectionInputs,
     selection: Selection,
-    head_set: HeadSet | None,
     subset: list[dict[str, Any]],
     ppl_samples: int = 100,
     batch_size: int = 8,
@@ -102,7 +94,3 @@ def write_selection_report(
     stats["dataset_info"] = {"p2d_selected": {"file_name": str(out / SELECTED_FILE), "formatting": "sharegpt"}}
     atomic_write_json(out / STATS_FILE, stats)
     plot_selection(inputs, selection, ppl, out / HISTOGRAM_FILE)
-    timings = dict(selection.timings)
-    if head_set is not None and head_set.timings:
-        timings["head_identification_seconds"] = head_set.timings.get("total_seconds", 0.0)
-    record_timings(out, timings)

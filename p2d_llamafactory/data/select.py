@@ -13,7 +13,9 @@ from torch import nn
 
 from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
+from ..hparams import identity
 from ..io import atomic_write_json
+from ..methods import PROBING_SELECTIONS
 from .baselines import ifd_scores, random_scores
 from .cache import PROGRESS_FILE, SCORES_FILE, ProbeCheckpoint, finished_scores
 from .metrics import resolve_metric, score_answers
@@ -22,9 +24,6 @@ from .prompts import ChatFrame, Example, task_style
 
 
 logger = logging.getLogger(__name__)
-
-SELECTIONS = ("none", "p2d", "random", "ifd", "data_whisperer")
-MODEL_FREE = ("random",)
 
 
 @dataclass
@@ -99,22 +98,10 @@ def probe_settings(args, metric: str) -> ProbeSettings:
 
 
 def selection_settings(args, inputs: SelectionInputs, heads: dict[int, list[int]] | None) -> dict[str, Any]:
-    """What identifies a selection result: method, ratio, probing settings, model, data and heads."""
-    keys = ["p2d_data_selection", "p2d_data_ratio", "p2d_seed"]
-    if heads is not None:
-        keys += [
-            "p2d_icl_instruction",
-            "p2d_icl_demos",
-            "p2d_icl_queries",
-            "p2d_icl_rounds",
-            "p2d_icl_metric",
-            "p2d_icl_scoring",
-            "p2d_icl_max_new_tokens",
-        ]
-    settings = {key: getattr(args, key) for key in keys}
+    """What identifies a selection result: every ``selection`` identity field, the model, data and heads."""
     heads_json = {str(k): list(v) for k, v in sorted(heads.items())} if heads else None
     return {
-        **settings,
+        **identity(args, "selection"),
         "model": inputs.model_name,
         "data": inputs.data_fingerprint,
         "heads": heads_json,
@@ -135,19 +122,33 @@ def _probe(model: nn.Module, inputs: SelectionInputs, args, candidates, heads, c
     return final_scores(results, len(inputs.examples))
 
 
+def check_selection(args, token_lengths: list[int], max_length: int) -> tuple[int, list[int], list[int]]:
+    """(k, candidates, skipped): what selection keeps and scores; raises, before any model work, where it cannot
+    (a ratio that keeps nothing, too few examples short enough for one probe prompt)."""
+    n = len(token_lengths)
+    k = num_to_select(args.p2d_data_ratio, n)
+    if k < 1:
+        raise ValueError(f"`p2d_data_ratio: {args.p2d_data_ratio}` keeps 0 of the {n} training examples.")
+    skipped = [i for i, length in enumerate(token_lengths) if length > max_length]
+    skipped_set = set(skipped)
+    candidates = [i for i in range(n) if i not in skipped_set]
+    if args.p2d_data_selection in PROBING_SELECTIONS:
+        try:
+            plan_prompts(candidates, ProbeSettings(args.p2d_icl_demos, args.p2d_icl_queries, 1))
+        except ValueError as err:
+            raise ValueError(
+                f"{err} ({len(skipped)} of the {n} examples are longer than cutoff_len {max_length}); lower "
+                "`p2d_icl_demos`/`p2d_icl_queries` or use more data."
+            ) from None
+    return k, candidates, skipped
+
+
 def select_examples(inputs: SelectionInputs, args) -> Selection:
     """Score the training examples with ``args.p2d_data_selection`` and keep the top ``p2d_data_ratio``."""
     method = args.p2d_data_selection
     n = len(inputs.examples)
-    k = num_to_select(args.p2d_data_ratio, n)
-    if k < 1:
-        raise ValueError(f"`p2d_data_ratio: {args.p2d_data_ratio}` keeps 0 of the {n} training examples.")
+    k, candidates, skipped = check_selection(args, inputs.token_lengths, inputs.max_length)
     heads = probe_heads(method, inputs)
-    skipped = [i for i, length in enumerate(inputs.token_lengths) if length > inputs.max_length]
-    skipped_set = set(skipped)
-    candidates = [i for i in range(n) if i not in skipped_set]
-    if heads is not None:  # fail before loading anything
-        plan_prompts(candidates, ProbeSettings(args.p2d_icl_demos, args.p2d_icl_queries, 1))
     settings = selection_settings(args, inputs, heads)
     if inputs.output_dir is not None and (cached := finished_scores(inputs.output_dir, settings)) is not None:
         logger.info("P2D: reusing the identical data scores in %s", inputs.output_dir / SCORES_FILE)
@@ -162,6 +163,7 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
     start = time.perf_counter()
     uses: list[int] = []
     attention: list[float] = []
+    earlier = 0.0  # scoring seconds of interrupted sessions of this run (probing resumes)
     if method == "random":
         scores = random_scores(n, args.p2d_seed)
     else:
@@ -177,9 +179,10 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
         else:
             checkpoint = ProbeCheckpoint(inputs.output_dir, settings) if inputs.output_dir is not None else None
             scores, uses, attention = _probe(model, inputs, args, candidates, heads, checkpoint)
+            earlier = checkpoint.previous_seconds if checkpoint is not None else 0.0
     for i in skipped:
         scores[i] = float("nan")
-    timings = {"data_scoring_seconds": time.perf_counter() - start}
+    timings = {"data_scoring_seconds": earlier + time.perf_counter() - start}
     selected = top_examples(scores, k, method, attention or None)
     selection = Selection(method, selected, scores, uses, skipped, timings, attention)
     if inputs.output_dir is not None:

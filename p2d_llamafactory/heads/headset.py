@@ -61,15 +61,41 @@ class HeadSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadSet":
+        """Read a head-set file; anything that is not one (a folder, malformed ``selected``) raises naming
+        ``p2d_heads_file`` and the expected form."""
+        where = f"`p2d_heads_file` {str(path)!r}"
+        if Path(path).is_dir():
+            raise ValueError(f"{where} is a directory; give the {HEADS_FILE} file of a P2D run.")
         try:
             data = read_json(path)
         except FileNotFoundError:
-            raise ValueError(f"`p2d_heads_file` {str(path)!r} does not exist.") from None
+            raise ValueError(f"{where} does not exist.") from None
         except ValueError as err:
-            raise ValueError(f"`p2d_heads_file` {str(path)!r} is not valid JSON: {err}") from None
+            raise ValueError(f"{where} is not valid JSON: {err}") from None
         missing = {"shape", "selected"} - set(data) if isinstance(data, dict) else {"shape", "selected"}
         if missing:
-            raise ValueError(f"`p2d_heads_file` {str(path)!r} is not a P2D head set (missing {sorted(missing)}).")
+            raise ValueError(f"{where} is not a P2D head set (missing {sorted(missing)}).")
+        data["selected"] = _selected_pairs(data["selected"], where)
         defaults = {"model": "", "method": "unknown", "seed": 0, "ratio": 0.0, "scores": []}
         known = set(cls.__dataclass_fields__)
         return cls(**{**defaults, **{k: v for k, v in data.items() if k in known}})
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _selected_pairs(selected: Any, where: str) -> list[tuple[int, int]]:
+    """``selected`` as a non-empty list of distinct [layer, head] pairs of non-negative integers."""
+    expected = 'a non-empty list of distinct [layer, head] pairs of integers, e.g. "selected": [[0, 3], [5, 1]]'
+    if not isinstance(selected, list) or not selected:
+        raise ValueError(f"{where}: `selected` must be {expected}; got {selected!r:.80}.")
+    pairs = []
+    for item in selected:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2 and all(_is_index(v) for v in item)):
+            raise ValueError(f"{where}: `selected` must be {expected}; found the entry {item!r:.40}.")
+        pairs.append((item[0], item[1]))
+    duplicates = sorted({pair for pair in pairs if pairs.count(pair) > 1})
+    if duplicates:
+        raise ValueError(f"{where}: `selected` must be {expected}; {[list(p) for p in duplicates]} repeat.")
+    return pairs

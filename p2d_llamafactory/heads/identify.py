@@ -1,4 +1,10 @@
-"""Stage I orchestration: reuse or load a head set, or score heads (proxy / task model / gradient / random)."""
+"""Stage I: the one entry point that returns a run's head set.
+
+:func:`identify_heads` answers, in this order: the ``p2d_heads_file``; the head set this run's data selection
+already identified on the full training data (``found_in_this_run``); a finished identical stage I in the output
+dir; or freshly scored heads (task model, proxy, gradient or random). Both integration points (data selection and
+``init_adapter``) call it.
+"""
 
 import gc
 import hashlib
@@ -12,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hparams import P2DArguments, heads_to_select
-from ..report.plots import plot_head_heatmap
+from ..hparams import P2DArguments, heads_to_select, identity
+from ..methods import DATA_SCORERS, PROXY_SCORERS
 from .headset import HEADS_FILE, HEATMAP_FILE, HeadSet
+from .heatmap import plot_head_heatmap
 from .layout import AttentionLayout, find_attention_layout
 from .proxy import count_label_tokens, make_batches, sample_indices, train_proxy
 from .scoring import gradient_scores, random_scores, select_top, weight_scores
@@ -25,15 +32,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FHIInputs:
-    """What stage I needs from the run: the base model, its training examples and where to write."""
+    """What stage I needs from the run: the base model (or a loader, called only if heads are scored), its
+    tokenized training examples and where to write."""
 
-    model: nn.Module
+    model: nn.Module | Callable[[], nn.Module]
     model_name: str
     examples: Sequence[dict[str, Any]]  # tokenized: input_ids, attention_mask, labels
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
     micro_batch_size: int
     output_dir: str | None
     progress: bool = True
+
+    def base_model(self) -> nn.Module:
+        if not isinstance(self.model, nn.Module):
+            self.model = self.model()
+        return self.model
 
 
 def _fingerprint(examples: Sequence[dict[str, Any]]) -> str:
@@ -43,14 +56,15 @@ def _fingerprint(examples: Sequence[dict[str, Any]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _settings(args: P2DArguments, model_name: str, fingerprint: str | None) -> dict[str, Any]:
-    keys = ["p2d_head_ratio", "p2d_head_selection", "p2d_seed", "p2d_temperature", "p2d_task_model"]
-    if args.p2d_head_selection in ("w1", "cosine") and args.p2d_task_model is None:
-        keys += ["p2d_fhi_samples", "p2d_fhi_steps", "p2d_fhi_lr"]
-    if args.p2d_head_selection == "gradient":
-        keys += ["p2d_fhi_samples"]
-    settings = {key: getattr(args, key) for key in keys}
-    return {**settings, "model": model_name, "fhi_data": fingerprint}
+def _needs_data(args: P2DArguments) -> bool:
+    return args.p2d_head_selection in DATA_SCORERS and not (
+        args.p2d_head_selection in PROXY_SCORERS and args.p2d_task_model is not None
+    )
+
+
+def head_identity(args: P2DArguments, model_name: str, fingerprint: str | None) -> dict[str, Any]:
+    """What identifies a stage I result: every ``heads`` identity field, the model and the FHI data."""
+    return {**identity(args, "heads"), "model": model_name, "fhi_data": fingerprint}
 
 
 def _load_task_model(path: str, device: torch.device) -> nn.Module:
@@ -74,12 +88,9 @@ def _reusable(path: Path, settings: dict[str, Any], layout: AttentionLayout) -> 
 def plan_identification(
     examples: Sequence[dict[str, Any]], args: P2DArguments, model_name: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The FHI examples stage I would use and the settings that identify its result (no model needed)."""
-    needs_data = args.p2d_head_selection == "gradient" or (
-        args.p2d_head_selection in ("w1", "cosine") and args.p2d_task_model is None
-    )
+    """The FHI examples stage I would use and the identity of its result (no model needed)."""
     sample: list[dict[str, Any]] = []
-    if needs_data:
+    if _needs_data(args):
         if len(examples) < args.p2d_fhi_samples:
             logger.warning(
                 "P2D: only %d training examples for p2d_fhi_samples=%d; the proxy uses all of them.",
@@ -87,7 +98,7 @@ def plan_identification(
                 args.p2d_fhi_samples,
             )
         sample = [examples[i] for i in sample_indices(len(examples), args.p2d_fhi_samples, args.p2d_seed)]
-    return sample, _settings(args, model_name, _fingerprint(sample) if sample else None)
+    return sample, head_identity(args, model_name, _fingerprint(sample) if sample else None)
 
 
 def reusable_head_set(output_dir: str | None, settings: dict[str, Any], layout: AttentionLayout) -> HeadSet | None:
@@ -101,15 +112,40 @@ def reusable_head_set(output_dir: str | None, settings: dict[str, Any], layout: 
     return previous
 
 
-def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayout | None = None) -> HeadSet:
-    """Return the head set of this run: from ``p2d_heads_file``, a finished identical run, or freshly scored."""
-    model = inputs.model
-    layout = layout or find_attention_layout(model)
+def _found_in_this_run(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayout) -> HeadSet:
+    """The head set that this run's data selection identified on the full training data (its output dir)."""
+    path = Path(inputs.output_dir or ".") / HEADS_FILE
+    head_set = HeadSet.load(path) if path.is_file() else None
+    expected = {key: value for key, value in head_identity(args, inputs.model_name, None).items() if key != "fhi_data"}
+    found = {key: value for key, value in (head_set.settings if head_set else {}).items() if key != "fhi_data"}
+    if head_set is None or found != expected or head_set.shape != layout.shape():
+        raise RuntimeError(
+            f"P2D: data selection should have identified this run's heads in {path}, but that file is missing or "
+            "was made with other settings; rerun the training."
+        )
+    logger.info("P2D: using the %d heads that data selection identified (%s)", len(head_set.selected), path)
+    return head_set
+
+
+def identify_heads(
+    inputs: FHIInputs,
+    args: P2DArguments,
+    layout: AttentionLayout | None = None,
+    found_in_this_run: bool = False,
+) -> HeadSet:
+    """Return the head set of this run: from ``p2d_heads_file``, from this run's data selection
+    (``found_in_this_run``), from a finished identical run, or freshly scored."""
+    layout = layout or find_attention_layout(inputs.base_model())
     if args.p2d_heads_file:
         head_set = HeadSet.load(args.p2d_heads_file)
         head_set.check_shape(layout)
         logger.info("P2D: using %d heads from %s", len(head_set.selected), args.p2d_heads_file)
+        own = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir else None
+        if own is not None and own.resolve() != Path(args.p2d_heads_file).resolve():
+            head_set.save(own)  # the run's output dir holds the head set it trained with
         return head_set
+    if found_in_this_run:
+        return _found_in_this_run(inputs, args, layout)
 
     num_selected = heads_to_select(args.p2d_head_ratio, layout.total_heads)
     examples, settings = plan_identification(inputs.examples, args, inputs.model_name)
@@ -125,11 +161,12 @@ def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayou
         num_selected,
         layout.total_heads,
     )
-    device = next(model.parameters()).device
     timings: dict[str, float] = {}
     proxy_loss: list[float] = []
     start = time.perf_counter()
     method = args.p2d_head_selection
+    model = inputs.base_model() if method != "random" else None
+    device = next(model.parameters()).device if model is not None else None
     if method == "random":
         scores = random_scores(layout, args.p2d_seed)
     elif method == "gradient":
@@ -149,6 +186,7 @@ def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayou
         del other
         _free_memory()
     timings["total_seconds"] = time.perf_counter() - start
+    check_scores(scores, args)
 
     head_set = HeadSet(
         model=inputs.model_name,
@@ -169,6 +207,31 @@ def identify_heads(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayou
         logger.info("P2D: wrote %s and %s", out_path, HEATMAP_FILE)
     logger.info("P2D: stage I done in %.1f s", timings["total_seconds"])
     return head_set
+
+
+def check_scores(scores: torch.Tensor, args: P2DArguments) -> None:
+    """Refuse head scores that cannot rank heads (all equal, or not finite), naming the likely cause."""
+    method = args.p2d_head_selection
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(
+            f"P2D: {method} head scores are not finite (the proxy diverged?); lower `p2d_fhi_lr` "
+            f"({args.p2d_fhi_lr:g}) or check the model's weights."
+        )
+    if method == "random" or float(scores.max() - scores.min()) > 0.0:
+        return
+    if args.p2d_task_model is not None and method in PROXY_SCORERS:
+        cause = f"`p2d_task_model` {args.p2d_task_model!r} has the same attention weights as the base model"
+    elif method in PROXY_SCORERS:
+        cause = (
+            f"the proxy did not move from the base model in {args.p2d_fhi_steps} steps at `p2d_fhi_lr` "
+            f"{args.p2d_fhi_lr:g} (raise it, or `p2d_fhi_steps`)"
+        )
+    else:
+        cause = "the attention weights got no gradient on the FHI examples (do they have response tokens?)"
+    raise ValueError(
+        f"P2D: every head scored the same ({float(scores.max()):g}) with `p2d_head_selection: {method}`, so no head "
+        f"can be preferred: {cause}. Nothing was trained."
+    )
 
 
 def _free_memory() -> None:

@@ -130,7 +130,8 @@ def _label_tokens(batch: Mapping[str, torch.Tensor]) -> int:
 
 
 def random_scores(layout: AttentionLayout, seed: int) -> torch.Tensor:
-    """Uniform random scores: the paper's random-heads baseline."""
+    """Uniform random scores, the paper's random-heads baseline: one float64 ``torch.rand`` draw of shape
+    (num_layers, num_heads) from a CPU generator seeded with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(layout.num_layers, layout.num_heads, generator=generator, dtype=torch.float64)
 

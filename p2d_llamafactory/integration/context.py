@@ -11,7 +11,6 @@ class RunContext:
     training_args: Any = None
     tokenizer: Any = None
     train_dataset: Any = None
-    head_set: Any = None  # set when data selection already resolved the run's heads
     full_data_tokens: int | None = None  # tokens of the training split before data selection
 
 

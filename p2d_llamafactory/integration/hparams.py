@@ -1,6 +1,7 @@
 """Patches of ``llamafactory.hparams.parser``: the ``p2d_*`` keys and ``finetuning_type: p2d_heads``."""
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -8,12 +9,14 @@ from typing import Any, Literal
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
 from ..hparams import P2DArguments, heads_to_select
+from ..methods import FINETUNING_TYPES
 from . import share_llamafactory_logging, wrap
 from .context import CURRENT
 
 
-FINETUNING_TYPES = ("lora", "oft", "freeze", "full", "p2d_heads")
+logger = logging.getLogger(__name__)
 P2D_STAGES = ("sft",)
+LOW_HEAD_LR = 2e-4  # head-slice rates below this left the model near the untrained one (docs/tuning.md)
 # options of other methods that P2D head adaptation cannot combine with
 _INCOMPATIBLE = {
     "use_llama_pro": False,
@@ -31,7 +34,7 @@ _INCOMPATIBLE = {
 class P2DFinetuningArguments(FinetuningArguments, P2DArguments):
     r"""LLaMA-Factory's fine-tuning arguments plus ``finetuning_type: p2d_heads`` and the ``p2d_*`` keys."""
 
-    finetuning_type: Literal["lora", "oft", "freeze", "full", "p2d_heads"] = field(
+    finetuning_type: Literal[FINETUNING_TYPES] = field(
         default="lora",
         metadata={"help": "Which fine-tuning method to use (p2d_heads: P2D sparse attention-head adaptation)."},
     )
@@ -78,7 +81,6 @@ def check_model_for_p2d(model_args: Any, finetuning_args: P2DFinetuningArguments
     from transformers import AutoConfig
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from ..heads.headset import HeadSet
     from ..heads.layout import UnsupportedModelError, layout_from_config
 
     if model_args.quantization_bit is not None:
@@ -112,10 +114,43 @@ def check_model_for_p2d(model_args: Any, finetuning_args: P2DFinetuningArguments
             f"`p2d_head_ratio: {finetuning_args.p2d_head_ratio}` selects 0 of the {layout.total_heads} heads of this "
             f"model; use a value in [{minimum:.4g}, 1]."
         )
-    if finetuning_args.p2d_heads_file is not None:
-        HeadSet.load(finetuning_args.p2d_heads_file).check_shape(layout)
-    if finetuning_args.p2d_task_model is not None:
-        task_config = AutoConfig.from_pretrained(finetuning_args.p2d_task_model)
+    check_head_sources(model_args, finetuning_args, config, layout)
+
+
+def _task_config(path: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"`p2d_task_model` {path!r} is not a model folder (nor a model this machine can load): {err}"
+        ) from None
+
+
+def check_head_sources(model_args: Any, finetuning_args: P2DFinetuningArguments, config=None, layout=None) -> None:
+    """``p2d_heads_file`` and ``p2d_task_model``, with any finetuning_type: they exist and fit the base model."""
+    from transformers import AutoConfig
+
+    from ..heads.headset import HeadSet
+    from ..heads.layout import UnsupportedModelError, layout_from_config
+
+    heads_file, task_model = finetuning_args.p2d_heads_file, finetuning_args.p2d_task_model
+    if heads_file is None and task_model is None:
+        return
+    heads = HeadSet.load(heads_file) if heads_file is not None else None  # form errors before any model access
+    task_config = _task_config(task_model) if task_model is not None else None
+    if config is None:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+        try:
+            layout = layout_from_config(config)
+        except UnsupportedModelError as err:
+            raise ValueError(f"`p2d_heads_file`/`p2d_task_model` need a model with attention heads: {err}") from None
+    if heads is not None:
+        heads.check_shape(layout)
+    if task_config is not None:
         if task_config.model_type != config.model_type:
             raise ValueError(
                 f"`p2d_task_model` is a {task_config.model_type} model; the base model is {config.model_type}."
@@ -167,15 +202,89 @@ def check_aer(model_args: Any, finetuning_args: P2DFinetuningArguments) -> None:
         reference_training_seconds(finetuning_args.p2d_aer_reference)
 
 
+def scale_head_learning_rate(training_args: Any, finetuning_args: P2DFinetuningArguments) -> None:
+    """Head slices train at ``learning_rate * p2d_head_lr_scale``; warn where that rate barely moves them."""
+    scale = float(finetuning_args.p2d_head_lr_scale)
+    given = training_args.learning_rate
+    training_args.learning_rate = given * scale
+    if scale != 1.0:
+        logger.info(
+            "P2D: head slices train at learning_rate %.3g x p2d_head_lr_scale %g = %.3g", given, scale, given * scale
+        )
+    if given * scale < LOW_HEAD_LR:
+        logger.warning(
+            "P2D: the head slices train at %.3g, a rate at which ~1%% of the weights barely move (measured in "
+            "docs/tuning.md: near the untrained model below %.0e). Raise `learning_rate` or `p2d_head_lr_scale` "
+            "unless you follow a protocol that fixes it.",
+            given * scale,
+            LOW_HEAD_LR,
+        )
+
+
+def check_adapters(model_args: Any) -> None:
+    """A P2D adapter (a folder holding ``p2d_heads.json``) loads only onto a base model of the shape it was made
+    for, whatever the finetuning_type: peft itself would merge a 3-layer adapter into a 4-layer model silently."""
+    import os
+
+    from transformers import AutoConfig
+
+    from ..heads.headset import HEADS_FILE, HeadSet
+    from ..heads.layout import UnsupportedModelError, layout_from_config
+
+    paths = model_args.adapter_name_or_path or []
+    found = [
+        (path, os.path.join(path, HEADS_FILE)) for path in paths if os.path.isfile(os.path.join(path, HEADS_FILE))
+    ]
+    if not found:
+        return
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    try:
+        layout = layout_from_config(config)
+    except UnsupportedModelError as err:
+        raise ValueError(
+            f"`adapter_name_or_path` holds a P2D adapter, which this base model cannot take: {err}"
+        ) from None
+    for path, heads_file in found:
+        head_set = HeadSet.load(heads_file)
+        if head_set.shape != layout.shape():
+            raise ValueError(
+                f"`adapter_name_or_path` {path!r} is a P2D adapter of a model shaped {head_set.shape} "
+                f"({head_set.model or 'unknown'}); `model_name_or_path` {model_args.model_name_or_path!r} is shaped "
+                f"{layout.shape()}. Load it onto the base model it was trained on."
+            )
+
+
+def check_output_dir(output_dir: str) -> None:
+    """A P2D run writes its stage results into ``output_dir``: refuse one that cannot be, before any work."""
+    import os
+
+    path = os.path.abspath(output_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`output_dir` {output_dir!r} is a file, not a directory.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"`output_dir` {output_dir!r} cannot be written ({existing!r} is not a writable directory).")
+
+
 def get_train_args(original, args=None):
     """Parse as usual, then run the P2D checks that need the model config, before anything is loaded."""
     model_args, data_args, training_args, finetuning_args, generating_args = original(args)
+    check_adapters(model_args)
+    if finetuning_args.uses_p2d:
+        check_output_dir(training_args.output_dir)
     if finetuning_args.finetuning_type == "p2d_heads":
         check_model_for_p2d(model_args, finetuning_args, training_args.do_train)
+        if training_args.do_train:
+            scale_head_learning_rate(training_args, finetuning_args)
+    elif training_args.do_train:
+        check_head_sources(model_args, finetuning_args)
     check_data_selection(data_args, finetuning_args)
     check_aer(model_args, finetuning_args)
+    for key, why in finetuning_args.ineffective_keys().items():
+        logger.warning("P2D: `%s` has no effect in this run: %s.", key, why)
     CURRENT.model_args, CURRENT.finetuning_args, CURRENT.training_args = model_args, finetuning_args, training_args
-    CURRENT.head_set = None
     CURRENT.full_data_tokens = None
     return model_args, data_args, training_args, finetuning_args, generating_args
 
@@ -183,6 +292,7 @@ def get_train_args(original, args=None):
 def get_infer_args(original, args=None):
     """Parse as usual; P2D adapters load for chat/export like LoRA adapters."""
     model_args, data_args, finetuning_args, generating_args = original(args)
+    check_adapters(model_args)
     if finetuning_args.finetuning_type == "p2d_heads":
         check_model_for_p2d(model_args, finetuning_args, do_train=False)
     return model_args, data_args, finetuning_args, generating_args

@@ -1,6 +1,7 @@
 """Patches of ``llamafactory.model.adapter``: build the P2D head-slice adapter in ``init_adapter``."""
 
 import logging
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -13,31 +14,26 @@ logger = logging.getLogger(__name__)
 
 
 def setup_p2d_heads(model, model_args, finetuning_args):
-    """Stage I (or reuse) then stage III set-up: returns a PeftModel training only the selected head slices."""
-    from transformers import DataCollatorForSeq2Seq
-
+    """Stage I (or its result) then stage III set-up: returns a PeftModel training only the selected head slices."""
     from ..adapter import apply_head_slices
-    from ..heads.identify import FHIInputs, identify_heads
     from ..heads.layout import find_attention_layout
+    from .heads import run_head_identification
 
     training_args = CURRENT.training_args
     if training_args is None:
         raise RuntimeError("P2D: `init_adapter` ran before `get_train_args`; launch with `llamafactory-cli train`.")
     layout = find_attention_layout(model)
     dataset = CURRENT.train_dataset
-    inputs = FHIInputs(
-        model=model,
-        model_name=model_args.model_name_or_path,
-        examples=dataset if dataset is not None else [],
-        collate=DataCollatorForSeq2Seq(CURRENT.tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt"),
-        micro_batch_size=training_args.per_device_train_batch_size,
-        output_dir=training_args.output_dir,
-        progress=not training_args.disable_tqdm,
+    head_set = run_head_identification(
+        model,
+        dataset if dataset is not None else [],
+        layout,
+        finetuning_args,
+        training_args,
+        CURRENT.tokenizer,
+        model_args.model_name_or_path,
+        found_in_this_run=finetuning_args.p2d_data_selection == "p2d",  # selection identified them on all data
     )
-    head_set = CURRENT.head_set  # already resolved by data selection in this run
-    if head_set is None:
-        with training_args.main_process_first(desc="P2D head identification", local=False):
-            head_set = identify_heads(inputs, finetuning_args, layout)
     logger.info(
         "P2D: training %d of %d heads (%s slices), selected by %s",
         len(head_set.selected),
@@ -45,16 +41,37 @@ def setup_p2d_heads(model, model_args, finetuning_args):
         ",".join(finetuning_args.head_modules),
         head_set.method,
     )
-    if training_args.should_save and head_set.timings:
-        from ..report.aer import record_timings
-
-        record_timings(training_args.output_dir, {"head_identification_seconds": head_set.timings["total_seconds"]})
+    total = sum(param.numel() for param in model.parameters())
     model = apply_head_slices(model, layout, head_set.selected, finetuning_args.head_modules)
+    if training_args.should_save:
+        write_run_record(training_args, finetuning_args, layout, head_set, total)
     if not finetuning_args.pure_bf16:
         for param in model.parameters():
             if param.requires_grad:
                 param.data = param.data.to(torch.float32)
     return model
+
+
+def write_run_record(training_args, finetuning_args, layout, head_set, total_params: int) -> None:
+    """``p2d_run.json``: what stage III trains (heads, slices, weights share, the learning rate it trains at)."""
+    from ..adapter import count_slice_params
+    from ..io import atomic_write_json
+    from ..report.aer import RUN_FILE
+
+    trainable = count_slice_params(layout, head_set.selected, finetuning_args.head_modules)
+    record = {
+        "finetuning_type": "p2d_heads",
+        "heads": len(head_set.selected),
+        "total_heads": layout.total_heads,
+        "head_selection": head_set.method,
+        "head_modules": list(finetuning_args.head_modules),
+        "trainable_params": trainable,
+        "total_params": total_params,
+        "trainable_share": trainable / total_params,
+        "learning_rate": training_args.learning_rate,
+        "p2d_head_lr_scale": finetuning_args.p2d_head_lr_scale,
+    }
+    atomic_write_json(Path(training_args.output_dir) / RUN_FILE, record)
 
 
 def init_adapter(original, config, model, model_args, finetuning_args, is_trainable):

@@ -12,11 +12,11 @@ import torch
 
 from ..data.prompts import Example
 from ..data.report import write_selection_report
-from ..data.select import SelectionInputs, select_examples
-from ..heads.headset import HeadSet
-from ..heads.identify import FHIInputs, identify_heads, plan_identification, reusable_head_set
+from ..data.select import SelectionInputs, check_selection, select_examples
 from ..heads.layout import layout_from_config
+from ..report.aer import record_timings
 from .context import CURRENT
+from .heads import run_head_identification
 from .template import chat_frame
 
 
@@ -65,31 +65,12 @@ def _model_loader(model_args, device) -> Callable[[], torch.nn.Module]:
     return load
 
 
-def _head_set(args, layout, tokenize_all: Callable[[], Any], load_model, training_args, collate_tokenizer, model_name):
-    """The run's head set for p2d selection: a heads file, an identical earlier stage I, or stage I now."""
-    if args.p2d_heads_file:
-        head_set = HeadSet.load(args.p2d_heads_file)
-        head_set.check_shape(layout)
-        return head_set
-    if args.p2d_data_selection != "p2d" or args.finetuning_type != "p2d_heads":
+def _head_set(args, layout, tokenize_all: Callable[[], Any], load_model, training_args, tokenizer, model_name):
+    """The run's head set for data selection: a heads file, or stage I on the full data (p2d with p2d_heads)."""
+    if not args.p2d_heads_file and (args.p2d_data_selection != "p2d" or args.finetuning_type != "p2d_heads"):
         return None
-    tokenized = tokenize_all()
-    _, settings = plan_identification(tokenized, args, model_name)
-    previous = reusable_head_set(training_args.output_dir, settings, layout)
-    if previous is not None:
-        return previous
-    from transformers import DataCollatorForSeq2Seq
-
-    inputs = FHIInputs(
-        model=load_model(),
-        model_name=model_name,
-        examples=tokenized,
-        collate=DataCollatorForSeq2Seq(collate_tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt"),
-        micro_batch_size=training_args.per_device_train_batch_size,
-        output_dir=training_args.output_dir,
-        progress=not training_args.disable_tqdm,
-    )
-    return identify_heads(inputs, args, layout)
+    examples = tokenize_all() if not args.p2d_heads_file else []
+    return run_head_identification(load_model, examples, layout, args, training_args, tokenizer, model_name)
 
 
 def run_data_selection(dataset, data_args, training_args, template, tokenizer, tokenize: Callable[[Any], Any]):
@@ -102,12 +83,13 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
     config = AutoConfig.from_pretrained(model_name, trust_remote_code=model_args.trust_remote_code)
     layout = layout_from_config(config)
     load_model = _model_loader(model_args, training_args.device)
-    head_set = _head_set(args, layout, lambda: tokenize(dataset), load_model, training_args, tokenizer, model_name)
-    CURRENT.head_set = head_set
     encode = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+    token_lengths = [encode(ex.prompt) + encode(ex.response) for ex in examples]
+    check_selection(args, token_lengths, data_args.cutoff_len)  # before stage I and any model load
+    head_set = _head_set(args, layout, lambda: tokenize(dataset), load_model, training_args, tokenizer, model_name)
     inputs = SelectionInputs(
         examples=examples,
-        token_lengths=[encode(ex.prompt) + encode(ex.response) for ex in examples],
+        token_lengths=token_lengths,
         max_length=data_args.cutoff_len,
         tokenizer=tokenizer,
         frame=chat_frame(template, tokenizer),
@@ -133,8 +115,9 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
     if training_args.should_save:
         subset = [_sharegpt(row) for row in dataset.select(selection.selected)]
         write_selection_report(
-            inputs, selection, head_set, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed
+            inputs, selection, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed
         )
+        record_timings(training_args.output_dir, selection.timings)
     logger.info(
         "P2D: stage II done in %.1f s: data selection (%s) keeps %d of %d training examples",
         time.perf_counter() - start,

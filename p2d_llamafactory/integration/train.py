@@ -1,5 +1,6 @@
 """Patches of ``llamafactory.train.tuner``: the P2D timing callback joins every run that uses P2D."""
 
+import sys
 from types import ModuleType
 
 from . import wrap
@@ -25,7 +26,9 @@ def _load_full_model():
 
 def run_sft(original, model_args, data_args, training_args, finetuning_args, generating_args, callbacks=None):
     """Add the P2D timing callback (training time, AER) when the run uses any P2D feature, and to full
-    fine-tuning on the full data, which is then its own AER reference (AER = 1) for other runs."""
+    fine-tuning on the full data, which is then its own AER reference (AER = 1) for other runs; carry
+    ``p2d_heads.json`` into every checkpoint of a p2d_heads run; hold the output dir's lock while the P2D stages
+    and training run (process 0)."""
     full_ft_reference = finetuning_args.finetuning_type == "full" and finetuning_args.p2d_data_selection == "none"
     if finetuning_args.uses_p2d or full_ft_reference:
         from ..report.timing import AERRequest, P2DTimingCallback
@@ -40,7 +43,16 @@ def run_sft(original, model_args, data_args, training_args, finetuning_args, gen
             learning_rate=training_args.learning_rate,
         )
         callbacks = [*(callbacks or []), P2DTimingCallback(request)]
-    return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+    if finetuning_args.finetuning_type == "p2d_heads":
+        from ..adapter.artifact import HeadsFileCallback
+
+        callbacks = [*(callbacks or []), HeadsFileCallback()]
+    if not finetuning_args.uses_p2d or training_args.process_index != 0:
+        return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+    from ..io import OutputDirLock
+
+    with OutputDirLock(training_args.output_dir, command=" ".join(sys.argv)):
+        return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
 
 
 def patch_tuner(module: ModuleType) -> None:

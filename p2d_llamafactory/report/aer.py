@@ -3,27 +3,33 @@
 t_FFT is either measured (the training time of a full fine-tuning run on the full data) or estimated
 (k timed full-parameter steps of the same model on the same hardware, extrapolated per token to the full
 data and epochs). ``p2d_aer.json`` records the inputs so that anyone can recompute the ratio.
+
+Torch-free: the offline tools (``p2d-sweep``) read the same files with the same functions.
 """
 
-import json
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import nn
 
 from ..io import atomic_write_json, read_json
 
 
 AER_FILE = "p2d_aer.json"
 TIMINGS_FILE = "p2d_timings.json"
+RUN_FILE = "p2d_run.json"  # what stage III trained: heads, slices, share of the weights, learning rate
+INHERITED_PREFIX = "inherited_"  # p2d_timings.json keys of costs paid by another run (a heads file's stage I)
+TRAIN_RESULTS_FILES = ("train_results.json", "all_results.json")  # LLaMA-Factory's, with train_runtime
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_timings(output_dir: str | Path) -> dict[str, float]:
-    path = Path(output_dir) / TIMINGS_FILE
-    return read_json(path) if path.is_file() else {}
+    return read_record(Path(output_dir) / TIMINGS_FILE)
 
 
 def record_timings(output_dir: str | Path, timings: dict[str, float]) -> None:
@@ -31,48 +37,35 @@ def record_timings(output_dir: str | Path, timings: dict[str, float]) -> None:
     atomic_write_json(Path(output_dir) / TIMINGS_FILE, {**read_timings(output_dir), **timings})
 
 
-def reference_training_seconds(reference_dir: str | Path) -> tuple[float, str]:
-    """Training time of a finished full fine-tuning run: its p2d_timings.json, else the Trainer's train_runtime."""
-    reference_dir = Path(reference_dir)
-    timings = read_timings(reference_dir)
+def training_seconds(output_dir: str | Path) -> tuple[float, str] | None:
+    """(training seconds, the file they come from) of a finished run: p2d_timings.json, else the Trainer's
+    train_runtime; None when the run has not finished training."""
+    output_dir = Path(output_dir)
+    timings = read_timings(output_dir)
     if "training_seconds" in timings:
-        return float(timings["training_seconds"]), str(reference_dir / TIMINGS_FILE)
-    for name in ("train_results.json", "all_results.json"):
-        path = reference_dir / name
-        if path.is_file():
-            runtime = json.loads(path.read_text()).get("train_runtime")
-            if runtime is not None:
-                return float(runtime), str(path)
-    raise ValueError(
-        f"`p2d_aer_reference` {str(reference_dir)!r} has no timing file (p2d_timings.json, train_results.json or "
-        "all_results.json with train_runtime); point it to the output_dir of a finished full fine-tuning run."
-    )
+        return float(timings["training_seconds"]), str(output_dir / TIMINGS_FILE)
+    for name in TRAIN_RESULTS_FILES:
+        runtime = read_record(output_dir / name).get("train_runtime")
+        if runtime is not None:
+            return float(runtime), str(output_dir / name)
+    return None
 
 
-def time_full_steps(
-    model: nn.Module, steps: Sequence[Sequence[dict[str, torch.Tensor]]], lr: float
-) -> tuple[float, int]:
-    """Seconds and real tokens of full-parameter AdamW steps, one step per group of accumulated micro-batches.
+def reference_training_seconds(reference_dir: str | Path) -> tuple[float, str]:
+    """Training time of a finished full fine-tuning run (t_FFT); raises naming ``p2d_aer_reference`` if absent."""
+    found = training_seconds(reference_dir)
+    if found is None:
+        raise ValueError(
+            f"`p2d_aer_reference` {str(reference_dir)!r} has no timing file (p2d_timings.json, train_results.json or "
+            "all_results.json with train_runtime); point it to the output_dir of a finished full fine-tuning run."
+        )
+    return found
 
-    The first group is run once more beforehand, untimed, to warm up allocators and kernels.
-    """
-    model.requires_grad_(True)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    seconds, tokens = 0.0, 0
-    for i, group in enumerate([steps[0], *steps]):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        for batch in group:
-            (model(**batch).loss / len(group)).backward()
-        optimizer.step()
-        if i > 0:
-            seconds += time.perf_counter() - start
-            tokens += sum(
-                int(b.get("attention_mask", b["input_ids"]).sum() if "attention_mask" in b else b["input_ids"].numel())
-                for b in group
-            )
-    return seconds, tokens
+
+def read_aer(output_dir: str | Path) -> dict[str, Any] | None:
+    """The run's p2d_aer.json, if it holds an AER."""
+    record = read_record(Path(output_dir) / AER_FILE)
+    return record if isinstance(record.get("aer"), (int, float)) else None
 
 
 def aer_record(
@@ -81,15 +74,25 @@ def aer_record(
     t_fft_seconds: float,
     mode: str,
     inputs: dict[str, Any],
+    inherited_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """The AER both ways: ``aer`` counts every cost of the pipeline that produced the model, including work
+    inherited from another run (a heads file's identification); ``aer_this_run`` only what this run paid
+    (across its own resumes)."""
     selection = sum(selection_seconds.values())
+    inherited = dict(inherited_seconds or {})
+    own = selection + training_seconds
     return {
-        "aer": (selection + training_seconds) / t_fft_seconds,
+        "aer": (own + sum(inherited.values())) / t_fft_seconds,
+        "aer_this_run": own / t_fft_seconds,
         "mode": mode,
         "selection_seconds": selection,
         **selection_seconds,
         "training_seconds": training_seconds,
+        "paid_by_this_run": {**selection_seconds, "training_seconds": training_seconds},
+        "inherited": inherited,
         "t_fft_seconds": t_fft_seconds,
         "t_fft_inputs": inputs,
-        "formula": "aer = (selection_seconds + training_seconds) / t_fft_seconds",
+        "formula": "aer = (selection_seconds + training_seconds + sum(inherited)) / t_fft_seconds; "
+        "aer_this_run leaves out the inherited costs",
     }

@@ -4,21 +4,32 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
 from transformers import TrainerCallback
 
 from ..io import atomic_write_json
-from .aer import AER_FILE, aer_record, read_timings, record_timings, reference_training_seconds, time_full_steps
+from .aer import (
+    AER_FILE,
+    INHERITED_PREFIX,
+    aer_record,
+    read_record,
+    read_timings,
+    record_timings,
+    reference_training_seconds,
+)
 
 
 logger = logging.getLogger(__name__)
 TRAINER_LOG = "trainer_log.jsonl"
 SELECTION_KEYS = ("head_identification_seconds", "data_scoring_seconds")
+TRAINING_STATE_FILE = "p2d_training_time.json"  # in each checkpoint: training seconds up to its step
 
 
 @dataclass
@@ -40,23 +51,37 @@ class P2DTimingCallback(TrainerCallback):
     def __init__(self, request: AERRequest) -> None:
         self.request = request
         self.start: float | None = None
+        self.before: float = 0.0  # training seconds of earlier sessions of this run (resumed from a checkpoint)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
+        self.before = 0.0
+        if state.global_step > 0:  # resumed: the checkpoint holds the training time up to its step
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / TRAINING_STATE_FILE
+            self.before = float(read_record(path).get("training_seconds", 0.0))
+
+    def elapsed(self) -> float:
+        return self.before + (time.perf_counter() - self.start if self.start is not None else 0.0)
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            atomic_write_json(checkpoint / TRAINING_STATE_FILE, {"training_seconds": self.elapsed()})
 
     def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):
         if self.start is None or not state.is_world_process_zero:
             return
-        training = time.perf_counter() - self.start
+        training = self.elapsed()
         record_timings(args.output_dir, {"training_seconds": training})
         timings = read_timings(args.output_dir)
         selection = {key: float(timings[key]) for key in SELECTION_KEYS if key in timings}
+        inherited = {key: float(v) for key, v in timings.items() if key.startswith(INHERITED_PREFIX)}
         line: dict[str, Any] = {
             f"p2d_{key}": value for key, value in {**selection, "training_seconds": training}.items()
         }
         t_fft = self._t_fft(training, args, train_dataloader)
         if t_fft is not None:
-            record = aer_record(selection, training, *t_fft)
+            record = aer_record(selection, training, *t_fft, inherited_seconds=inherited)
             atomic_write_json(Path(args.output_dir) / AER_FILE, record)
             line["p2d_aer"] = record["aer"]
             logger.info("P2D: AER = %.4f (%s t_FFT = %.1f s)", record["aer"], record["mode"], record["t_fft_seconds"])
@@ -102,6 +127,32 @@ class P2DTimingCallback(TrainerCallback):
         return per_token * full_tokens * request.epochs, "estimated", inputs
 
 
+def time_full_steps(
+    model: nn.Module, steps: Sequence[Sequence[dict[str, torch.Tensor]]], lr: float
+) -> tuple[float, int]:
+    """Seconds and real tokens of full-parameter AdamW steps, one step per group of accumulated micro-batches.
+
+    The first group is run once more beforehand, untimed, to warm up allocators and kernels.
+    """
+    model.requires_grad_(True)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    seconds, tokens = 0.0, 0
+    for i, group in enumerate([steps[0], *steps]):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for batch in group:
+            (model(**batch).loss / len(group)).backward()
+        optimizer.step()
+        if i > 0:
+            seconds += time.perf_counter() - start
+            tokens += sum(
+                int(b.get("attention_mask", b["input_ids"]).sum() if "attention_mask" in b else b["input_ids"].numel())
+                for b in group
+            )
+    return seconds, tokens
+
+
 def _append_log(output_dir: str, state, values: dict[str, Any], elapsed: float) -> None:
     """Add the P2D figures as a final trainer_log.jsonl line, with the progress keys LLaMA-Board reads."""
     line = {
@@ -110,7 +161,14 @@ def _append_log(output_dir: str, state, values: dict[str, Any], elapsed: float) 
         "percentage": 100.0,
         "elapsed_time": str(timedelta(seconds=int(elapsed))),
         "remaining_time": str(timedelta(seconds=0)),
-        **{k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in values.items()},
+        **{k: _finite(v) for k, v in values.items()},
     }
     with open(Path(output_dir) / TRAINER_LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
+        f.write(json.dumps(line, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """Rounded floats; a non-finite one becomes null (standard JSON)."""
+    if isinstance(value, float):
+        return round(value, 4) if math.isfinite(value) else None
+    return value

@@ -1,9 +1,9 @@
-"""Figures: the layers x heads sensitivity heatmap (the paper's Fig. 3)."""
+"""The layers x heads sensitivity heatmap of a head set (the paper's Fig. 3)."""
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..io import atomic_write
+from ..io import pyplot, save_figure
 
 
 def plot_head_heatmap(
@@ -13,14 +13,11 @@ def plot_head_heatmap(
     title: str,
 ) -> Path:
     """Heatmap of head scores (rows: layers, columns: heads) with the selected heads outlined; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 
+    plt = pyplot()
     data = np.asarray(scores, dtype=float)
     num_layers, num_heads = data.shape
     top = float(data.max()) if data.size else 0.0
@@ -36,6 +33,4 @@ def plot_head_heatmap(
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="sensitivity score" + (" (log scale)" if log_scale else ""))
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=120)
