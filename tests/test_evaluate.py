@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from p2d_llamafactory.report.evaluate import (
+from p2d_llamafactory.experiments.evaluate import (
     PREDICTIONS_FILE,
     REPORT_FILE,
     EvaluationError,
@@ -248,3 +248,49 @@ def test_library_errors_are_value_errors(tmp_path):
         evaluate_predictions(tmp_path, metric="bleu")
     with pytest.raises(EvaluationError, match="not found"):
         evaluate_predictions(tmp_path)
+
+
+# ---------------------------------------------------------------- --baseline (the quickstart's side by side)
+
+
+def _rows(predicts, labels):
+    return [{"prompt": f"q{i}", "predict": p, "label": y} for i, (p, y) in enumerate(zip(predicts, labels))]
+
+
+def test_baseline_is_scored_the_same_way_and_shown_side_by_side(tmp_path, capsys):
+    labels = ["#### 1", "#### 2", "#### 3", "#### 4"]
+    run, base = tmp_path / "run", tmp_path / "base"
+    _write_predictions(run / PREDICTIONS_FILE, _rows(["#### 1", "#### 2", "#### 3", "#### 9"], labels))
+    _write_predictions(base / PREDICTIONS_FILE, _rows(["#### 1", "no", "no", "no"], labels))
+    (run / "p2d_run.json").write_text(
+        json.dumps(
+            {
+                "heads": 27,
+                "total_heads": 270,
+                "head_modules": ["q", "o"],
+                "trainable_params": 1000,
+                "total_params": 100000,
+                "trainable_share": 0.01,
+                "learning_rate": 1e-3,
+            }
+        )
+    )
+    (run / "p2d_timings.json").write_text(json.dumps({"head_identification_seconds": 95.25, "training_seconds": 4.5}))
+    assert main([str(run), "--baseline", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "EM on 4 held-out examples:" in out
+    assert f"  baseline   25.00   {base}" in out
+    assert f"  trained    75.00   {run}" in out
+    assert "trained 27 of 270 heads (q,o slices): 1,000 of 100,000 weights (1.00%), at learning rate 0.001" in out
+    assert "time: head identification 95 s, training 4.5 s" in out
+    report = json.loads((run / REPORT_FILE).read_text())
+    assert report["score"] == 75.0 and report["baseline"]["score"] == 25.0
+
+
+def test_a_baseline_on_other_examples_is_refused(tmp_path, capsys):
+    run, base = tmp_path / "run", tmp_path / "base"
+    _write_predictions(run / PREDICTIONS_FILE, _rows(["#### 1", "#### 2"], ["#### 1", "#### 2"]))
+    _write_predictions(base / PREDICTIONS_FILE, _rows(["#### 1"], ["#### 1"]))
+    assert main([str(run), "--baseline", str(base)]) == 1
+    assert "its predictions are for other examples" in capsys.readouterr().err
+    assert not (run / REPORT_FILE).exists()  # nothing half-written

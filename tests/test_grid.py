@@ -1,14 +1,16 @@
 """p2d-grid: the paper's grids from yaml_examples/grid.yaml (offline, tmp dirs only, no training)."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from p2d_llamafactory.report.grid import (
-    BLOCKS,
+from p2d_llamafactory import hparams
+from p2d_llamafactory.experiments.grid import (
     GridSpecError,
+    blocks,
     generate,
     load_spec,
     main,
@@ -29,6 +31,14 @@ MAIN = [
 ABLATIONS = [f"p2d__p2d_heads__rho{k}{v}" for k in ("D", "P") for v in ("0.3", "0.5", "0.7")]
 MODELS = ("qwen2.5-7b", "smollm2-cpu")
 DATASETS = ("gsm8k", "dialogsum", "bioinstruct")
+TUNING_RATES = {
+    "p2d_heads": ("0.001", "0.0001", "0.003", "0.01"),
+    "full": ("0.0001", "3e-05", "1e-05"),
+    "lora": ("0.0003", "0.001", "0.0001"),
+    "random_heads": ("0.001", "0.01", "0.003"),
+}
+TUNE = sorted(f"tune__{a}__lr{lr}" for a, rates in TUNING_RATES.items() for lr in rates)
+COUNT = 156 + 2 * 13  # the paper's cells, and the tuning cells of smollm2-cpu on dialogsum and bioinstruct
 
 
 @pytest.fixture
@@ -54,11 +64,15 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_cell_counts_and_names(files):
-    assert len(files) == 156  # 2 models x 3 datasets x (20 main + 6 ratio-ablation) cells
+    assert len(files) == COUNT  # 2 models x 3 datasets x (20 main + 6 ratio-ablation) cells, + 2 x 13 tuning cells
     for model in MODELS:
         for dataset in DATASETS:
-            names = sorted(p.split("/")[2][: -len(".yaml")] for p in files if p.startswith(f"{model}/{dataset}/"))
+            paper = [p for p in files if p.startswith(f"{model}/{dataset}/") and p.count("/") == 2]
+            names = sorted(p.split("/")[2][: -len(".yaml")] for p in paper)
             assert names == sorted(MAIN + ABLATIONS)
+            tune = sorted(p.split("/")[3][: -len(".yaml")] for p in files if p.startswith(f"{model}/{dataset}/tune/"))
+            tuned = model == "smollm2-cpu" and dataset in ("dialogsum", "bioinstruct")
+            assert tune == (TUNE if tuned else [])
 
 
 def test_generation_is_deterministic(in_project, tmp_path):
@@ -66,7 +80,7 @@ def test_generation_is_deterministic(in_project, tmp_path):
     assert main(["--output-dir", str(tmp_path / "a")]) == 0
     assert main(["--output-dir", str(tmp_path / "b")]) == 0
     first = _tree(tmp_path / "a")
-    assert len(first) == 156 and first == _tree(tmp_path / "b")
+    assert len(first) == COUNT and first == _tree(tmp_path / "b")
     assert main(["--output-dir", str(tmp_path / "a")]) == 0  # rerun: nothing changes
     assert _tree(tmp_path / "a") == first
 
@@ -80,10 +94,11 @@ def test_layout_and_paper_hyperparameters(files):
     lines = text.splitlines()
     assert lines[0] == HEADER
     assert "Tables 1-2, 3, 4, 21" in lines[1]
-    blocks = [line[4:] for line in lines if line.startswith("### ")]
-    assert blocks == list(BLOCKS)
+    written = [line[4:] for line in lines if line.startswith("### ")]
+    assert written == list(blocks())
     keys = [line.split(":")[0] for line in lines if line and not line.startswith("#")]
-    assert keys[:5] == ["model_name_or_path", "trust_remote_code", "stage", "do_train", "finetuning_type"]
+    assert keys[:4] == ["model_name_or_path", "stage", "do_train", "finetuning_type"]
+    assert "trust_remote_code" not in keys  # none of the grid's models needs it; users copy the examples
 
     config = yaml.safe_load(text)
     assert config["model_name_or_path"] == "Qwen/Qwen2.5-7B-Instruct" and config["template"] == "qwen"
@@ -97,6 +112,7 @@ def test_layout_and_paper_hyperparameters(files):
     assert (PROJECT_ROOT / config["deepspeed"]).is_file()
     assert config["seed"] == config["p2d_seed"] == 4242
     assert config["p2d_fhi_samples"] == 100 and config["p2d_fhi_steps"] == 20
+    assert config["p2d_head_lr_scale"] == 1.0  # the paper's protocol: the heads train at the one lr 2e-5
     assert config["dataset"] == "gsm8k_local" and config["eval_dataset"] == "gsm8k_local_test"  # the exact paper split
     assert config["do_predict"] is True and config["predict_with_generate"] is True and config["do_sample"] is False
     assert config["output_dir"] == "saves/qwen2.5-7b/gsm8k/p2d__p2d_heads"
@@ -179,7 +195,7 @@ def test_values_round_trip():
         written = yaml.safe_load(render(spec, cell))
         expected = {key: value for block in cell.config.values() for key, value in block.items()}
         assert written == expected, cell.relpath
-        assert written["output_dir"] == "saves/" + cell.relpath[: -len(".yaml")]
+        assert written["output_dir"] == "saves/" + cell.relpath[: -len(".yaml")].replace("/tune/", "/")
 
 
 def test_check_detects_drift(in_project, tmp_path, capsys):
@@ -192,6 +208,8 @@ def test_check_detects_drift(in_project, tmp_path, capsys):
     (out / "qwen2.5-7b" / "dialogsum" / "p2d__full.yaml").unlink()
     stale = out / "qwen2.5-7b" / "gsm8k" / "nuggets__full.yaml"
     stale.write_text(HEADER + "\n")
+    stale_tune = out / "smollm2-cpu" / "dialogsum" / "tune" / "tune__full__lr0.5.yaml"
+    stale_tune.write_text(HEADER + "\n")
     hand_written = out / "qwen2.5-7b" / "gsm8k" / "mine.yaml"
     hand_written.write_text("model_name_or_path: x\n")
     capsys.readouterr()
@@ -199,12 +217,12 @@ def test_check_detects_drift(in_project, tmp_path, capsys):
     report = capsys.readouterr().out
     assert "differs:" in report and "ifd__lora.yaml" in report
     assert "missing:" in report and "p2d__full.yaml" in report
-    assert "stale:" in report and "nuggets__full.yaml" in report
+    assert "stale:" in report and "nuggets__full.yaml" in report and "tune__full__lr0.5.yaml" in report
     assert "mine.yaml" not in report
     assert changed.read_text().count("lora_rank: 64") == 1  # --check writes nothing
 
     assert main(["--output-dir", str(out)]) == 0  # regenerating repairs everything, keeps foreign files
-    assert not stale.exists() and hand_written.exists()
+    assert not stale.exists() and not stale_tune.exists() and hand_written.exists()
     assert main(["--check", "--output-dir", str(out)]) == 0
 
 
@@ -253,6 +271,69 @@ def _mutate(data, path, value):
             "gsm8k_test",
             "must be a name pattern containing {dataset}",
         ),
+        (
+            ("models", "smollm2-cpu", "adaptations", "lofit"),
+            {},
+            "models.smollm2-cpu.adaptations: unknown adaptation 'lofit'; allowed: full, random_heads, lora, p2d_heads",
+        ),
+        (
+            ("models", "smollm2-cpu", "adaptations", "lora", "train"),
+            {"learning_rte": 1e-4},
+            "models.smollm2-cpu.adaptations.lora.train: unknown key 'learning_rte'",
+        ),
+        (
+            ("models", "smollm2-cpu", "adaptations", "lora", "method"),
+            {"finetuning_type": "full"},
+            "set by p2d-grid for each cell",
+        ),
+        (("tuning", "models"), ["gpt2"], "tuning.models: unknown name 'gpt2'; allowed: qwen2.5-7b, smollm2-cpu"),
+        (("tuning", "models"), [], "tuning.models must be a non-empty list of names"),
+        (
+            ("tuning", "datasets"),
+            ["gsm9k"],
+            "tuning.datasets: unknown name 'gsm9k'; allowed: gsm8k, dialogsum, bioinstruct",
+        ),
+        (("tuning", "datasets"), ["gsm8k", "gsm8k"], "tuning.datasets lists a name twice"),
+        (
+            ("tuning", "learning_rates", "lofit"),
+            [1e-4],
+            "tuning.learning_rates: unknown adaptation 'lofit'; allowed: full, random_heads, lora, p2d_heads",
+        ),
+        (("tuning", "learning_rates"), {}, "tuning.learning_rates is missing or empty"),
+        (("tuning", "learning_rates", "full"), [], "tuning.learning_rates.full must be a non-empty list"),
+        (
+            ("tuning", "learning_rates", "full"),
+            [1e-4, -1e-5],
+            "tuning.learning_rates.full[1] must be a finite number > 0",
+        ),
+        (("tuning", "learning_rates", "lora"), [0.0], "tuning.learning_rates.lora[0] must be a finite number > 0"),
+        (("tuning", "learning_rates", "lora"), [float("inf")], "tuning.learning_rates.lora[0] must be a finite"),
+        (("tuning", "learning_rates", "lora"), [float("nan")], "tuning.learning_rates.lora[0] must be a finite"),
+        (("tuning", "learning_rates", "lora"), [True], "tuning.learning_rates.lora[0] must be a finite"),
+        (("tuning", "learning_rates", "lora"), ["1e-4"], "tuning.learning_rates.lora[0]: '1e-4' is a string"),
+        (("tuning", "learning_rates", "full"), [1e-4, 1.0e-4], "tuning.learning_rates.full[1]: learning rate"),
+        (
+            ("tuning", "eval_dataset"),
+            "dialogsum_local_val",
+            "tuning.eval_dataset must be a name pattern containing {dataset}",
+        ),
+        (
+            ("tuning", "eval_dataset"),
+            "{dataset}_local_test",
+            "tuning.eval_dataset: '{dataset}_local_test' is models.smollm2-cpu.dataset_names.test, the test split",
+        ),
+        (("tuning", "eval_dataset"), "{dataset}_local", "dataset_names.train, the training split"),
+        (("tuning", "eval_dataset"), "{split}_{dataset}", "has braces other than {dataset}"),
+        (
+            ("tuning", "selection"),
+            "p2d",
+            "tuning.selection: 'p2d' is not a usable selection of the spec (tuning cells identify their own heads",
+        ),
+        (("tuning", "selection"), "nuggets", "allowed: full_data, ifd, data_whisperer, random"),
+        (("tuning", "train"), {"learning_rate": 1e-3}, "tuning.train.learning_rate: this key is set by p2d-grid"),
+        (("tuning", "method"), {"p2d_head_lr_scale": 10.0}, "set by p2d-grid for each tuning cell"),
+        (("tuning", "method"), {"p2d_aer_reference": "x"}, "set by p2d-grid for each cell"),
+        (("tuning", "seeds"), [1], "tuning: unknown key 'seeds'; allowed: models, datasets, selection"),
     ],
 )
 def test_bad_spec_entries_fail_before_writing(tmp_path, capsys, path, value, message):
@@ -284,9 +365,125 @@ def test_more_seeds_add_suffixed_cells(tmp_path):
     data["models"]["smollm2-cpu"]["seeds"] = [4242, 4343]
     data["datasets"] = {"gsm8k": data["datasets"]["gsm8k"]}
     data["models"]["smollm2-cpu"]["datasets"] = {"gsm8k": data["models"]["smollm2-cpu"]["datasets"]["gsm8k"]}
+    data["tuning"]["datasets"] = ["gsm8k"]
     files = generate(parse_spec(data, SPEC))
-    assert len(files) == 52
+    assert len(files) == 52 + 13  # the tuning cells: the first seed only
+    assert not any("__s4343" in path for path in files if "/tune/" in path)
     seeded = yaml.safe_load(files["smollm2-cpu/gsm8k/ifd__p2d_heads__s4343.yaml"])
     assert seeded["seed"] == seeded["p2d_seed"] == 4343
     assert seeded["p2d_heads_file"] == "saves/smollm2-cpu/gsm8k/p2d__p2d_heads__s4343/p2d_heads.json"
     assert seeded["p2d_aer_reference"] == "saves/smollm2-cpu/gsm8k/full_data__full__s4343"
+
+
+def test_p2d_keys_come_from_the_dataclasses(monkeypatch):
+    """A key that the plugin adds to P2DArguments is accepted and kept only where its concern is used."""
+    data = _spec_data()
+    data["selections"]["p2d"]["method"] = {**data["selections"]["p2d"].get("method", {}), "p2d_icl_later": 3}
+    data["selections"]["ifd"]["method"] = {**data["selections"]["ifd"].get("method", {}), "p2d_icl_later": 3}
+    with pytest.raises(GridSpecError, match="unknown key 'p2d_icl_later'"):
+        parse_spec(copy.deepcopy(data), SPEC)
+
+    @dataclasses.dataclass
+    class Later(hparams.P2DArguments):
+        p2d_icl_later: int = hparams.p2d_field(1, "A later probing key.", "probing", ("selection",))
+
+    monkeypatch.setattr(hparams, "P2DArguments", Later)
+    assert blocks()["method"][-1] == "p2d_icl_later"
+    files = generate(parse_spec(data, SPEC))
+    text = files["qwen2.5-7b/gsm8k/p2d__p2d_heads.yaml"]
+    method = text.split("### method\n")[1].split("\n\n")[0].splitlines()
+    assert method[-1] == "p2d_icl_later: 3"  # the method block ends with the new key, in dataclass order
+    assert "p2d_icl_later" not in _load(files, "qwen2.5-7b", "gsm8k", "ifd__p2d_heads")  # no probing there
+
+
+def test_model_adaptation_overrides_come_after_the_adaptation(files):
+    # the committed spec gives every adaptation of the CPU twin its own rate, for now the current one
+    spec = load_spec(SPEC)
+    twin = next(model for model in spec.models if model.name == "smollm2-cpu")
+    assert twin.adaptation_layers == {
+        name: {"train": {"learning_rate": 1e-4}} for name in ("full", "random_heads", "lora", "p2d_heads")
+    }
+    assert "tuned values: docs/tuning.md (pending)" in SPEC.read_text()
+    assert _load(files, "smollm2-cpu", "gsm8k", "p2d__lora")["learning_rate"] == 1e-4
+    assert _load(files, "qwen2.5-7b", "gsm8k", "p2d__lora")["learning_rate"] == 2e-5
+
+    data = _spec_data()
+    data["models"]["smollm2-cpu"]["adaptations"] = {
+        "lora": {"train": {"learning_rate": 3.0e-4}, "method": {"lora_rank": 16}},  # wins over adaptations.lora
+        "p2d_heads": {"train": {"learning_rate": 1.0e-3}},
+    }
+    generated = generate(parse_spec(data, SPEC))
+    lora = yaml.safe_load(generated["smollm2-cpu/dialogsum/ifd__lora.yaml"])
+    assert (lora["learning_rate"], lora["lora_rank"], lora["lora_alpha"]) == (3e-4, 16, 256)
+    assert yaml.safe_load(generated["smollm2-cpu/dialogsum/p2d__p2d_heads.yaml"])["learning_rate"] == 1e-3
+    assert yaml.safe_load(generated["smollm2-cpu/dialogsum/p2d__full.yaml"])["learning_rate"] == 1e-4
+    assert yaml.safe_load(generated["qwen2.5-7b/dialogsum/ifd__lora.yaml"])["learning_rate"] == 2e-5  # other model
+    # the tuning cells still train at their swept rate, on top of the override
+    assert yaml.safe_load(generated["smollm2-cpu/dialogsum/tune/tune__lora__lr0.001.yaml"])["learning_rate"] == 1e-3
+    assert yaml.safe_load(generated["smollm2-cpu/dialogsum/tune/tune__lora__lr0.001.yaml"])["lora_rank"] == 16
+
+
+# what a tuning cell sets on top of the cell <selection>__<adaptation> it tunes
+TUNING_KEYS = {"learning_rate", "eval_dataset", "output_dir", "p2d_aer_reference", "p2d_head_lr_scale"}
+HEAD_SOURCE_KEYS = {"p2d_heads_file", "p2d_head_selection", "p2d_fhi_samples", "p2d_fhi_steps", "p2d_fhi_lr"}
+HEAD_SOURCE_KEYS |= {"p2d_temperature", "p2d_data_ppl_samples"}
+
+
+def test_tuning_cells(files):
+    tune = lambda dataset, name: yaml.safe_load(files[f"smollm2-cpu/{dataset}/tune/{name}.yaml"])  # noqa: E731
+    first = tune("dialogsum", "tune__p2d_heads__lr0.001")
+    assert first["output_dir"] == "saves/smollm2-cpu/dialogsum/tune__p2d_heads__lr0.001"
+    assert first["learning_rate"] == 1e-3 and first["p2d_head_lr_scale"] == 1.0
+    assert first["eval_dataset"] == "dialogsum_local_val" and first["dataset"] == "dialogsum_local"
+    assert "p2d_aer_reference" not in first and "p2d_heads_file" not in first
+    assert first["p2d_head_selection"] == "w1" and (first["p2d_fhi_samples"], first["p2d_fhi_steps"]) == (20, 5)
+    assert (first["p2d_fhi_lr"], first["p2d_temperature"]) == (1e-4, 0.1)
+    assert (first["p2d_data_selection"], first["p2d_data_ratio"], first["p2d_data_ppl_samples"]) == ("random", 0.1, 4)
+    assert first["seed"] == first["p2d_seed"] == 4242 and first["max_new_tokens"] == 128  # model-dataset layer
+    text = files["smollm2-cpu/dialogsum/tune/tune__p2d_heads__lr0.001.yaml"]
+    assert text.splitlines()[0] == HEADER
+    assert text.splitlines()[1].startswith("# tuning cell tune__p2d_heads__lr0.001 (smollm2-cpu, dialogsum)")
+
+    for lr in ("0.0001", "0.003", "0.01"):  # the other P2D-heads rates read the first one's heads
+        other = tune("bioinstruct", f"tune__p2d_heads__lr{lr}")
+        assert other["p2d_heads_file"] == "saves/smollm2-cpu/bioinstruct/tune__p2d_heads__lr0.001/p2d_heads.json"
+        assert "p2d_head_selection" not in other and "p2d_fhi_steps" not in other and "p2d_temperature" not in other
+        assert other["learning_rate"] == float(lr) and other["p2d_head_lr_scale"] == 1.0
+        assert other["max_new_tokens"] == 192 and other["eval_dataset"] == "bioinstruct_local_val"
+
+    full = tune("dialogsum", "tune__full__lr3e-05")
+    assert (
+        full["learning_rate"] == 3e-5
+        and "learning_rate: 3.0e-5" in files["smollm2-cpu/dialogsum/tune/tune__full__lr3e-05.yaml"]
+    )
+    assert full["finetuning_type"] == "full" and "p2d_head_lr_scale" not in full and "p2d_aer_reference" not in full
+    random_heads = tune("dialogsum", "tune__random_heads__lr0.01")
+    assert random_heads["p2d_head_selection"] == "random" and "p2d_heads_file" not in random_heads
+    assert random_heads["p2d_head_lr_scale"] == 1.0 and "p2d_fhi_steps" not in random_heads
+
+    # otherwise each tuning cell is the 10% cell random__<adaptation> of the same model and dataset
+    for path in (p for p in files if "/tune/" in p):
+        model, dataset, _, name = path[: -len(".yaml")].split("/")
+        adaptation = name.split("__")[1]
+        config = yaml.safe_load(files[path])
+        base = _load(files, model, dataset, f"random__{adaptation}")
+        ignored = TUNING_KEYS | HEAD_SOURCE_KEYS
+        assert {k: v for k, v in config.items() if k not in ignored} == {
+            k: v for k, v in base.items() if k not in ignored
+        }, path
+        assert config["output_dir"] == f"saves/{model}/{dataset}/{name}"
+
+
+def test_the_first_p2d_heads_rate_identifies_the_heads():
+    data = _spec_data()
+    data["tuning"]["learning_rates"] = {"p2d_heads": [1.0e-2, 1.0e-3]}
+    data["tuning"]["selection"] = "ifd"
+    data["tuning"]["eval"] = {"max_new_tokens": 64}  # the tuning blocks come last
+    files = generate(parse_spec(data, SPEC))
+    tune = [path for path in files if "/tune/" in path]
+    assert len(tune) == 4  # 2 datasets x 2 rates
+    first = yaml.safe_load(files["smollm2-cpu/dialogsum/tune/tune__p2d_heads__lr0.01.yaml"])
+    second = yaml.safe_load(files["smollm2-cpu/dialogsum/tune/tune__p2d_heads__lr0.001.yaml"])
+    assert "p2d_heads_file" not in first and first["p2d_head_selection"] == "w1"
+    assert second["p2d_heads_file"] == "saves/smollm2-cpu/dialogsum/tune__p2d_heads__lr0.01/p2d_heads.json"
+    assert first["p2d_data_selection"] == "ifd" and first["max_new_tokens"] == 64

@@ -14,7 +14,7 @@ from p2d_llamafactory.assets.paper_data import (
     main,
     write_paper_data,
 )
-from p2d_llamafactory.report.evaluate import evaluate_predictions
+from p2d_llamafactory.experiments.evaluate import evaluate_predictions
 
 
 GSM8K = {

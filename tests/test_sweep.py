@@ -3,14 +3,15 @@ llamafactory-cli and p2d-eval, so nothing trains)."""
 
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from p2d_llamafactory.report import grid
-from p2d_llamafactory.report.sweep import CLI_ENV, EVAL_ENV, main
+from p2d_llamafactory.experiments import grid
+from p2d_llamafactory.experiments.sweep import CLI_ENV, EVAL_ENV, build_report, load_runs, main
 
 
 SPEC = Path(__file__).resolve().parents[1] / "yaml_examples" / "grid.yaml"
@@ -87,6 +88,7 @@ def _mini_grid(project: Path, selections=("full_data", "ifd", "p2d"), adaptation
     data["selections"] = {name: data["selections"][name] for name in selections}
     data["adaptations"] = {name: data["adaptations"][name] for name in adaptations}
     data["ratio_ablations"], data["lock_and_key"], data["notes"] = [], [], {}
+    data.pop("tuning", None)
     spec = project / "grid.yaml"
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     assert grid.main(["--spec", str(spec), "--output-dir", "runs"]) == 0
@@ -183,7 +185,12 @@ def test_dry_run_and_collect_only_launch_nothing(project, capsys):
 
     assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
     assert _calls(project) == []
-    assert {p.name for p in (project / "report").iterdir()} == {"results.md", "results.csv", "aer_vs_perf.png"}
+    assert {p.name for p in (project / "report").iterdir()} == {
+        "results.md",
+        "results.csv",
+        "aer_vs_perf.png",
+        "stability.md",
+    }
 
 
 def test_failure_stops_the_sweep_and_names_the_run(project, monkeypatch, capfd):
@@ -229,8 +236,14 @@ def test_deepspeed_runs_get_torchrun(project):
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({"p2d_data_selection": "nuggets"}, "unknown p2d_data_selection 'nuggets'; allowed: none, p2d, random, ifd"),
-        ({"finetuning_type": "freeze"}, "finetuning_type 'freeze' is not in the paper's tables; allowed: full, lora"),
+        (
+            {"p2d_data_selection": "nuggets"},
+            "unknown p2d_data_selection 'nuggets'; allowed: none, ifd, data_whisperer, random, p2d",
+        ),
+        (
+            {"finetuning_type": "freeze"},
+            "finetuning_type 'freeze' is not in the paper's tables; allowed: full, p2d_heads, lora",
+        ),
         (
             {"finetuning_type": "p2d_heads", "p2d_head_selection": "magnitude"},
             "unknown p2d_head_selection 'magnitude'; allowed: w1, random, cosine, gradient",
@@ -261,13 +274,23 @@ def test_report_tables_and_figure(project):
         project, selections=("full_data", "ifd", "p2d"), adaptations=("full", "random_heads", "lora", "p2d_heads")
     )
     extra = project / "runs" / "smollm2-cpu" / "gsm8k"
-    _write_run(  # a second seed of p2d__p2d_heads: averaged into the same cell
+    _write_run(  # a second seed of p2d__p2d_heads: mean ± std with the first
         extra / "p2d__p2d_heads__s4343.yaml",
         finetuning_type="p2d_heads",
         p2d_data_selection="p2d",
         p2d_data_ratio=0.1,
         p2d_head_ratio=0.1,
+        seed=4343,
         output_dir="saves/smollm2-cpu/gsm8k/p2d__p2d_heads__s4343",
+    )
+    _write_run(  # a second seed of ifd__p2d_heads that has not finished: listed, never averaged in
+        extra / "ifd__p2d_heads__s4343.yaml",
+        finetuning_type="p2d_heads",
+        p2d_data_selection="ifd",
+        p2d_data_ratio=0.1,
+        p2d_head_ratio=0.1,
+        seed=4343,
+        output_dir="saves/smollm2-cpu/gsm8k/ifd__p2d_heads__s4343",
     )
     _write_run(  # Table 3: rho_D 0.3
         extra / "p2d__p2d_heads__rhoD0.3.yaml",
@@ -297,24 +320,204 @@ def test_report_tables_and_figure(project):
         "Random",
         "P2D (Ours)",
     ]
-    assert "| + full parameters | 100% | 100% | 81.55 | 1.00 | 81.55 |" in md
-    assert "| + P2D | 10% | 10% | 85.00 | 0.35 | 85.00 |" in md  # mean of the two seeds
+    assert "| + full parameters | 100% | 100% | 81.55 | 1.00 | 81.55 |" in md  # one seed: the value alone
+    # two seeds: mean ± sample std (n - 1): std(80, 90) = 7.07, std(0.30, 0.40) = 0.07
+    assert "| + P2D | 10% | 10% | 85.00 ± 7.07 | 0.35 ± 0.07 | 85.00 |" in md
     assert "| + random | 10% | 10% | 67.13 | 0.27 | 67.13 |" in md
     assert "| + LoRA | 10% | r=128 | – | 0.87 | – |" in md
-    assert "| + P2D | 10% | 10% | 71.42 | 0.80 | 71.42 |" in md
+    # one of the two seeds finished: its value, marked n=1; the other seed is listed, not averaged as zero
+    assert "| + P2D | 10% | 10% | 71.42 (n=1) | 0.80 (n=1) | 71.42 |" in md
     assert "| + full parameters | 10% | 100% | – | – | – |" in md  # missing cells
     # Table 3 (rho_D), Table 4 (rho_P), Table 21 (lock and key)
     assert "| 30% | 82.20 | 0.40 |" in md and "| 100% (full dataset) | – | – |" in md
-    assert "| 100% (full parameters) | – | – |" in md and "| 10% | 85.00 | 0.35 |" in md
-    assert "| P2D | Random | 67.13 |" in md and "| IFD | P2D | 71.42 |" in md and "| P2D | P2D | 85.00 |" in md
-    assert "| Nuggets (not implemented) | P2D | – |" in md
+    assert "| 100% (full parameters) | – | – |" in md and "| 10% | 85.00 ± 7.07 | 0.35 ± 0.07 |" in md
+    assert "| P2D | Random | 67.13 |" in md and "| IFD | P2D | 71.42 (n=1) |" in md
+    assert "| P2D | P2D | 85.00 ± 7.07 |" in md and "| Nuggets (not implemented) | P2D | – |" in md
+    missing = md.split("## Missing runs")[1]
+    assert f"- `{extra / 'ifd__p2d_heads__s4343.yaml'}` (seed 4343): no generated_predictions.jsonl" in missing
+    assert "saves/smollm2-cpu/gsm8k/ifd__p2d_heads__s4343" in missing
+    assert "ifd__p2d_heads.yaml`" not in missing and "p2d__p2d_heads__s4343" not in missing  # those finished
+    assert "## Stability across seeds (Table 8)" in md
 
     with open(project / "report" / "results.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["model", "block", "method", "rho_D", "rho_P", "gsm8k_perf", "gsm8k_aer", "avg_perf"]
-    assert ["smollm2-cpu", "P2D (Ours)", "+ P2D", "10%", "10%", "85.0000", "0.3500", "85.0000"] in rows
-    assert ["smollm2-cpu", "Data Whisperer", "+ LoRA", "10%", "–", "–", "–", "–"] in rows
+    per_dataset = ["perf_mean", "perf_std", "aer_mean", "aer_std", "n_seeds", "per_seed"]
+    assert rows[0] == ["model", "block", "method", "rho_D", "rho_P"] + [f"gsm8k_{k}" for k in per_dataset] + [
+        "avg_perf"
+    ]
+    p2d = ["smollm2-cpu", "P2D (Ours)", "+ P2D", "10%", "10%"]
+    assert p2d + ["85.0000", "7.0711", "0.3500", "0.0707", "2", "4242:80.0000;4343:90.0000", "85.0000"] in rows
+    ifd = ["smollm2-cpu", "IFD", "+ P2D", "10%", "10%"]
+    assert ifd + ["71.4200", "–", "0.8000", "–", "1", "4242:71.4200", "71.4200"] in rows
+    assert ["smollm2-cpu", "Data Whisperer", "+ LoRA", "10%", "–", "–", "–", "–", "–", "0", "", "–"] in rows
     assert len(rows) == 1 + 5 * 4
 
     png = (project / "report" / "aer_vs_perf.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # Fig. 1's points carry the stds: error bars where a cell has two or more seeds
+    _, _, figure = build_report(load_runs([str(runs)])[0], 0.1, 0.1)
+    points = {(p[0], p[1]): p for p in figure["points"][("smollm2-cpu", "gsm8k")]}
+    aer, perf, aer_std, perf_std = points[("p2d", "p2d_heads")][2:]
+    assert (aer, perf) == pytest.approx((0.35, 85.0)) and (aer_std, perf_std) == pytest.approx((0.0707107, 7.0710678))
+    assert points[("ifd", "p2d_heads")][4:] == (None, None)
+
+
+def test_offline_tools_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "import p2d_llamafactory.experiments.evaluate, p2d_llamafactory.experiments.grid\n"
+        "import p2d_llamafactory.experiments.sweep\n"
+        "print(sorted(name for name in ('torch', 'llamafactory', 'transformers') if name in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_stability_across_seeds(project):
+    """Mean pairwise Jaccard of the selected heads (own file or p2d_heads_file) and examples, per cell."""
+    runs = project / "runs"
+    saves = project / "saves" / "tiny" / "gsm8k"
+    heads = [[[0, 1], [1, 2], [2, 3]], [[0, 1], [1, 2], [3, 3]], [[0, 1], [1, 2], [2, 3]]]
+    examples = [[1, 2, 3, 4], [3, 4, 5, 6], [1, 2, 3, 4]]
+    for i, seed in enumerate((4242, 4343, 4444)):
+        name = "p2d__p2d_heads" + ("" if i == 0 else f"__s{seed}")
+        _write_run(runs / f"{name}.yaml", finetuning_type="p2d_heads", p2d_data_selection="p2d", seed=seed)
+        _finish(saves / name)
+        (saves / name / "p2d_heads.json").write_text(json.dumps({"method": "w1", "selected": heads[i]}))
+        (saves / name / "p2d_data_scores.json").write_text(json.dumps({"selected": examples[i]}))
+    for i, seed in enumerate((4242, 4343)):  # LoRA on P2D data: the heads come from the file it reads
+        name = "p2d__lora" + ("" if i == 0 else f"__s{seed}")
+        heads_file = project / "heads" / f"{seed}.json"
+        heads_file.parent.mkdir(exist_ok=True)
+        heads_file.write_text(json.dumps({"method": "w1", "selected": heads[i]}))
+        _write_run(
+            runs / f"{name}.yaml",
+            finetuning_type="lora",
+            p2d_data_selection="p2d",
+            p2d_heads_file=str(heads_file),
+            seed=seed,
+        )
+        _finish(saves / name)
+    _write_run(runs / "full.yaml", seed=4242)  # one seed only: no stability row
+    _finish(saves / "full", aer=None)
+    (saves / "full" / "train_results.json").write_text(json.dumps({"train_runtime": 10.0}))
+
+    assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
+    stability = (project / "report" / "stability.md").read_text()
+    # heads: J(a, b) = 2/4, J(a, c) = 1, J(b, c) = 2/4 -> 0.67; examples: 2/6, 1, 2/6 -> 0.56
+    assert "| tiny | GSM8K | P2D (Ours) + P2D | 10% | 10% | 4242, 4343, 4444 | 0.67 | 0.56 |" in stability
+    assert "| tiny | GSM8K | P2D (Ours) + LoRA | 10% | r=8 | 4242, 4343 | 0.50 | – |" in stability
+    assert "+ full parameters" not in stability
+    assert stability.split("\n", 1)[1] in (project / "report" / "results.md").read_text()  # also in results.md
+
+
+def _tuning_grid(project: Path, val_rows: int = 40, rates=None) -> Path:
+    """The repository's spec cut down to the CPU twin on GSM8K, with its tuning section on GSM8K only."""
+    data = yaml.safe_load(SPEC.read_text())
+    data["models"] = {"smollm2-cpu": data["models"]["smollm2-cpu"]}
+    data["datasets"] = {"gsm8k": data["datasets"]["gsm8k"]}
+    twin = data["models"]["smollm2-cpu"]
+    twin["datasets"] = {"gsm8k": twin["datasets"]["gsm8k"]}
+    twin["dataset"]["dataset_dir"] = "data_info"
+    data["selections"] = {name: data["selections"][name] for name in ("full_data", "random", "p2d")}
+    data["adaptations"] = {name: data["adaptations"][name] for name in ("full", "p2d_heads")}
+    data["ratio_ablations"], data["lock_and_key"], data["notes"] = [], [], {}
+    data["tuning"]["datasets"] = ["gsm8k"]
+    data["tuning"]["learning_rates"] = rates or {"p2d_heads": [1.0e-3, 1.0e-2], "full": [1.0e-5, 3.0e-5]}
+    spec = project / "grid.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    info = json.loads((project / "data_info" / "dataset_info.json").read_text())
+    info["gsm8k_local_val"] = {"file_name": "val.json"}
+    (project / "data_info" / "dataset_info.json").write_text(json.dumps(info))
+    rows = [{"instruction": f"q{i}", "output": "#### 1"} for i in range(val_rows)]
+    (project / "data_info" / "val.json").write_text(json.dumps(rows))
+    assert grid.main(["--spec", str(spec), "--output-dir", "runs"]) == 0
+    return project / "runs" / "smollm2-cpu" / "gsm8k"
+
+
+def test_tuning_runs_are_finished_by_their_score_and_get_their_own_report(project, capfd):
+    runs = _tuning_grid(project)
+    tune = runs / "tune"
+    saves = project / "saves" / "smollm2-cpu" / "gsm8k"
+    _finish(saves / "tune__full__lr3e-05", score=30.0, aer=None, metric="rougeL")  # a score, no AER: finished
+    assert main([str(tune), "--report-dir", "report"]) == 0
+    trained = [name for mode, name in _calls(project) if mode == "train"]
+    assert sorted(trained) == ["tune__full__lr1e-05", "tune__p2d_heads__lr0.001", "tune__p2d_heads__lr0.01"]
+    assert trained.index("tune__p2d_heads__lr0.001") < trained.index("tune__p2d_heads__lr0.01")  # its heads first
+    assert "1 already finished" in capfd.readouterr().out
+    # a sweep of tuning runs only writes the tuning report
+    assert {p.name for p in (project / "report").iterdir()} == {"tuning.md", "tuning.csv", "tuning.png"}
+
+    for name, score in (
+        ("tune__full__lr1e-05", 20.0),
+        ("tune__full__lr3e-05", 30.0),
+        ("tune__p2d_heads__lr0.001", 45.0),
+    ):
+        (saves / name / "p2d_eval.json").write_text(
+            json.dumps({"metric": "rougeL", "score": score, "num_predictions": 40})
+        )
+    (saves / "tune__p2d_heads__lr0.01" / "p2d_eval.json").unlink()  # not finished (again)
+    assert main([str(tune), "--collect-only", "--report-dir", "report"]) == 0
+    md = (project / "report" / "tuning.md").read_text()
+    assert "## smollm2-cpu · GSM8K" in md and "`gsm8k_local_val`: 40 rows. Metric: ROUGE-L. Data: Random" in md
+    assert "| Method | lr 1e-05 | lr 3e-05 | lr 0.001 | lr 0.01 | Best lr |" in md
+    assert "| full params | 20.00 | **30.00** |  |  | 3e-05 |" in md
+    assert "| P2D heads |  |  | **45.00** | – | 0.001 |" in md
+    assert "## Missing runs" in md and "tune__p2d_heads__lr0.01.yaml` (seed 4242): no " in md
+    with open(project / "report" / "tuning.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["model", "dataset", "adaptation", "lr", "score", "metric", "val_rows"]
+    by_lr = {(row["adaptation"], row["lr"]): row for row in rows}
+    assert by_lr[("full", "3e-05")] == {
+        "model": "smollm2-cpu",
+        "dataset": "gsm8k",
+        "adaptation": "full",
+        "lr": "3e-05",
+        "score": "30.0000",
+        "metric": "rougeL",
+        "val_rows": "40",  # the score's own prediction count (p2d_eval.json)
+    }
+    unfinished = by_lr[("p2d_heads", "0.01")]
+    assert (unfinished["score"], unfinished["val_rows"]) == ("–", "40")  # rows counted in the split's file
+    png = (project / "report" / "tuning.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_tuning_runs_stay_out_of_the_paper_tables(project):
+    runs = _tuning_grid(project)
+    saves = project / "saves" / "smollm2-cpu" / "gsm8k"
+    _finish(saves / "random__full", score=40.0, aer=0.2)
+    _finish(saves / "tune__full__lr1e-05", score=99.0, aer=0.1)
+    # a hand-written run evaluated on a validation split is a tuning run too, whatever its name
+    _write_run(project / "runs" / "mine.yaml", eval_dataset="gsm8k_local_val", output_dir="saves/tiny/gsm8k/mine")
+    _finish(project / "saves" / "tiny" / "gsm8k" / "mine", score=77.0, aer=None)
+    assert main([str(runs), str(project / "runs" / "mine.yaml"), "--collect-only", "--report-dir", "report"]) == 0
+    md = (project / "report" / "results.md").read_text()
+    assert "| + full parameters | 10% | 100% | 40.00 | 0.20 | 40.00 |" in md
+    assert "99.00" not in md and "77.00" not in md and "## tiny" not in md
+    assert "tune__" not in md  # nor among the missing runs
+    assert "5 tuning run(s) (validation split) are left out of these tables: see `tuning.md`." in md
+    tuning = (project / "report" / "tuning.md").read_text()
+    assert "**99.00**" in tuning and "## tiny · GSM8K" in tuning and "**77.00**" in tuning
+    assert {"results.md", "results.csv", "aer_vs_perf.png", "stability.md", "tuning.md", "tuning.csv"} <= {
+        p.name for p in (project / "report").iterdir()
+    }
+
+
+def test_small_validation_split_is_refused_before_anything_runs(project, capsys):
+    runs = _tuning_grid(project, val_rows=10)
+    assert main([str(runs / "tune"), "--report-dir", "report"]) == 2
+    err = capsys.readouterr().err
+    assert "the validation split 'gsm8k_local_val' (data_info/val.json) has 10 rows" in err
+    assert "needs at least 32" in err
+    assert _calls(project) == [] and not (project / "report").exists()
+
+
+def test_tuning_on_the_test_split_is_refused(project, capsys):
+    runs = _tuning_grid(project)
+    path = runs / "tune" / "tune__full__lr1e-05.yaml"
+    path.write_text(path.read_text().replace("eval_dataset: gsm8k_local_val", "eval_dataset: gsm8k_local_test"))
+    assert main([str(runs / "tune"), "--report-dir", "report"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: a tuning run" in err and "eval_dataset gsm8k_local_test, a test split" in err
+    assert _calls(project) == [] and not (project / "report").exists()

@@ -1,0 +1,58 @@
+"""Small pieces the report modules share: a run's score, mean ± std over seeds, and Markdown formatting."""
+
+import math
+import statistics
+
+from ... import methods
+from .runs import EVAL_FILE, Run, is_finished, missing_outputs, read_record
+
+
+DASH = "–"
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample std with n - 1) of the values; std None below two values."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def run_score(run: Run) -> tuple[float | None, str | None, int | None]:
+    """(score, metric, number of predictions) of the run's p2d_eval.json; Nones when it has none."""
+    record = read_record(run.out / EVAL_FILE)
+    score = record.get("score") if record is not None else None
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        return None, None, None
+    rows = record.get("num_predictions")
+    return float(score), record.get("metric"), rows if isinstance(rows, int) and not isinstance(rows, bool) else None
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return DASH if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_stat(mean: float | None, std: float | None, n: int, listed: int, digits: int = 2) -> str:
+    """``mean ± std`` (std from two seeds on), ``(n=k)`` when fewer than the listed seeds have the value."""
+    if mean is None or not math.isfinite(mean):
+        return DASH
+    text = fmt(mean, digits) + (f" ± {fmt(std, digits)}" if std is not None and n > 1 else "")
+    return text + (f" (n={n})" if n < listed else "")
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def metric_label(metric: str) -> str:
+    return methods.METRICS[metric].label if metric in methods.METRICS else metric
+
+
+def missing_runs_lines(runs: list[Run]) -> list[str]:
+    """Markdown list of the runs (seeds) that have not finished, with their YAML and what they lack."""
+    return [
+        f"- `{run.yaml_path}` (seed {run.seed}): no {', '.join(missing_outputs(run))} in `{run.output_dir}`"
+        for run in runs
+        if not is_finished(run)
+    ]
