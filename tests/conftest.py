@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import build_tokenizer, save_model
+from tests.helpers.examples import demo_examples
+from tests.helpers.tiny import build_tokenizer, save_model
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,15 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _demo_examples(n: int):
-    from p2d_llamafactory.assets.demo_data import make_demo_examples
-
-    return make_demo_examples(n, seed=1)
-
-
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    corpus = [ex["instruction"] + "\n" + ex["output"] for ex in _demo_examples(200)]
+    corpus = [ex["instruction"] + "\n" + ex["output"] for ex in demo_examples(200)]
     return build_tokenizer(corpus)
 
 
@@ -39,7 +34,7 @@ def tiny_models(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
 def tiny_dataset_dir(tmp_path_factory) -> Path:
     """A LLaMA-Factory dataset dir with ``p2d_demo`` (48 examples) in alpaca format."""
     root = tmp_path_factory.mktemp("data")
-    (root / "demo.json").write_text(json.dumps(_demo_examples(48)))
+    (root / "demo.json").write_text(json.dumps(demo_examples(48)))
     (root / "dataset_info.json").write_text(json.dumps({"p2d_demo": {"file_name": "demo.json"}}))
     return root
 
@@ -51,3 +46,27 @@ def smollm2_dir() -> Path:
 
     target = Path(os.environ.get("P2D_SMOLLM2_DIR", PROJECT_ROOT / "models" / "SmolLM2-135M-Instruct"))
     return prepare_smollm2(target)
+
+
+@pytest.fixture
+def make_args(tiny_models, tiny_dataset_dir, tmp_path):
+    """Training arguments for LLaMA-Factory's parser on the tiny llama (``model=`` another), output in tmp."""
+    from tests.helpers.cli import parser_args
+
+    def make(**kw):
+        model, output_dir = kw.pop("model", tiny_models["llama"]), kw.pop("output_dir", tmp_path / "out")
+        return parser_args(model, tiny_dataset_dir, output_dir, **kw)
+
+    return make
+
+
+@pytest.fixture
+def p2d_log(caplog):
+    """The plugin's log records: its logger hands them to LLaMA-Factory's handlers, not to the root logger."""
+    import logging
+
+    logger = logging.getLogger("p2d_llamafactory")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.INFO)
+    yield caplog
+    logger.removeHandler(caplog.handler)

@@ -11,15 +11,10 @@ from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.adapter.config import slice_targets
 from p2d_llamafactory.heads.layout import find_attention_layout, layout_from_config
 from p2d_llamafactory.hparams import heads_to_select
-from tests.tiny import build_model
+from tests.helpers.tiny import build_model, lm_batch, random_ids, train_like
 
 
 SELECTED = [(0, 1), (0, 3), (2, 0)]  # GQA: heads 1 and 3 of layer 0 use KV heads 0 and 1; head 0 uses KV head 0
-
-
-def _batch(tokenizer, seed=0):
-    ids = torch.randint(4, len(tokenizer), (2, 10), generator=torch.Generator().manual_seed(seed))
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
 def test_paper_trainable_share_on_qwen25_7b_shape():
@@ -67,7 +62,7 @@ def test_only_the_selected_slices_train(tiny_tokenizer, kind):
     model.train()
     for step in range(2):
         optimizer.zero_grad()
-        model(**_batch(tiny_tokenizer, step)).loss.backward()
+        model(**lm_batch(random_ids(tiny_tokenizer, (2, 10), seed=step))).loss.backward()
         optimizer.step()
     assert len(optimizer.state) == len(trainable)
     assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
@@ -95,20 +90,11 @@ def test_only_the_selected_slices_train(tiny_tokenizer, kind):
         assert touched == allowed, name
 
 
-def _train_like(model):
-    """Give the trainable factors non-zero values, as training would."""
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-
-
 def test_fast_forward_equals_plain_lora_math(tiny_tokenizer):
     base = build_model("qwen2", tiny_tokenizer)
     model = apply_head_slices(base, find_attention_layout(base), SELECTED, ("q", "k", "v", "o"))
-    _train_like(model)
-    batch = _batch(tiny_tokenizer)
+    train_like(model)
+    batch = lm_batch(random_ids(tiny_tokenizer, (2, 10)))
     fast = model(input_ids=batch["input_ids"]).logits
     for module in model.modules():
         if hasattr(module, "lora_variant"):
@@ -138,9 +124,9 @@ def test_saved_adapter_reproduces_logits_with_plain_peft_and_no_plugin(tiny_toke
 
     base = AutoModelForCausalLM.from_pretrained(tiny_models[kind], dtype=torch.float32)
     model = apply_head_slices(base, find_attention_layout(base), SELECTED, ("q", "k", "v", "o"))
-    _train_like(model)
+    train_like(model)
     model.eval()
-    ids = _batch(tiny_tokenizer)["input_ids"]
+    ids = random_ids(tiny_tokenizer, (2, 10))
     with torch.no_grad():
         trained = model(input_ids=ids).logits
     model.save_pretrained(tmp_path / "adapter")

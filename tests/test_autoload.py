@@ -1,26 +1,16 @@
 """Activation through the .pth file: lazy, switchable off, inactive on an unsupported llamafactory."""
 
-import subprocess
 import sys
 import warnings
 
 import pytest
 
 from p2d_llamafactory import _autoload
-
-
-def _run(code: str, **env) -> str:
-    import os
-
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+from tests.helpers.cli import run_python
 
 
 def test_interpreter_start_imports_neither_torch_nor_llamafactory():
-    out = _run(
+    out = run_python(
         "import sys; print(sorted(m for m in ('torch', 'transformers', 'llamafactory', 'peft') if m in sys.modules));"
         "print(any(type(f).__name__ == 'P2DFinder' for f in sys.meta_path))"
     )
@@ -28,7 +18,7 @@ def test_interpreter_start_imports_neither_torch_nor_llamafactory():
 
 
 def test_llamafactory_import_applies_every_patch():
-    out = _run(
+    out = run_python(
         "from llamafactory.hparams import parser, get_train_args; from llamafactory.model import adapter, loader;"
         "from llamafactory.data import loader as data_loader, get_dataset; import llamafactory.train.tuner as tuner;"
         "print(parser._TRAIN_ARGS[3].__name__, parser._INFER_ARGS[2].__name__, parser._EVAL_ARGS[3].__name__);"
@@ -42,7 +32,7 @@ def test_llamafactory_import_applies_every_patch():
 
 
 def test_environment_variable_switches_it_off():
-    out = _run(
+    out = run_python(
         "import sys; from llamafactory.hparams import parser; from llamafactory.model import loader;"
         "print(parser._TRAIN_ARGS[3].__name__, hasattr(loader.init_adapter, '__p2d_original__'),"
         "any(type(f).__name__ == 'P2DFinder' for f in sys.meta_path))",
@@ -68,7 +58,7 @@ def test_unsupported_llamafactory_version_warns_and_stays_inactive(monkeypatch):
     "first", ["llamafactory.model.adapter", "llamafactory.data.loader", "llamafactory.train.tuner"]
 )
 def test_any_llamafactory_module_can_be_imported_first(first):
-    out = _run(
+    out = run_python(
         f"import {first}; from llamafactory.model import loader; print(hasattr(loader.init_adapter, '__p2d_original__'))"
     )
     assert out.splitlines()[-1] == "True"

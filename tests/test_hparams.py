@@ -6,37 +6,11 @@ import sys
 import pytest
 
 from p2d_llamafactory.heads.headset import HeadSet
-
-
-def _args(model_dir, dataset_dir, output_dir, **overrides):
-    args = {
-        "model_name_or_path": str(model_dir),
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "p2d_heads",
-        "dataset": "p2d_demo",
-        "dataset_dir": str(dataset_dir),
-        "template": "chatml",
-        "output_dir": str(output_dir),
-        "report_to": "none",
-    }
-    args.update(overrides)
-    return {k: v for k, v in args.items() if v is not None}
-
-
-def _parse(args):
-    from llamafactory.hparams import get_train_args
-
-    return get_train_args(args)
-
-
-@pytest.fixture
-def make_args(tiny_models, tiny_dataset_dir, tmp_path):
-    return lambda **kw: _args(kw.pop("model", tiny_models["llama"]), tiny_dataset_dir, tmp_path / "out", **kw)
+from tests.helpers.cli import parse_train_args
 
 
 def test_dict_form_parses_defaults_and_values(make_args):
-    _, _, _, finetuning_args, _ = _parse(make_args())
+    _, _, _, finetuning_args, _ = parse_train_args(make_args())
     assert type(finetuning_args).__name__ == "P2DFinetuningArguments"
     assert finetuning_args.finetuning_type == "p2d_heads"
     assert finetuning_args.head_modules == ("q", "o")
@@ -50,7 +24,7 @@ def test_dict_form_parses_defaults_and_values(make_args):
         0.1,
         "w1",
     )
-    _, _, _, finetuning_args, _ = _parse(make_args(p2d_head_modules="all", p2d_head_selection="cosine", p2d_seed=7))
+    _, _, _, finetuning_args, _ = parse_train_args(make_args(p2d_head_modules="all", p2d_head_selection="cosine", p2d_seed=7))
     assert finetuning_args.head_modules == ("q", "k", "v", "o")
     assert (finetuning_args.p2d_head_selection, finetuning_args.p2d_seed) == ("cosine", 7)
 
@@ -61,21 +35,21 @@ def test_yaml_and_command_line_forms(make_args, tmp_path, monkeypatch):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(make_args(p2d_head_ratio=0.25, p2d_head_modules="q,k,v")))
     monkeypatch.setattr(sys, "argv", ["llamafactory-cli", str(path), "p2d_seed=3"])
-    _, _, _, finetuning_args, _ = _parse(None)
+    _, _, _, finetuning_args, _ = parse_train_args(None)
     assert (finetuning_args.p2d_head_ratio, finetuning_args.head_modules, finetuning_args.p2d_seed) == (
         0.25,
         ("q", "k", "v"),
         3,
     )
     argv = [f"--{k}={v}" for k, v in make_args(p2d_head_selection="gradient").items()]
-    _, _, _, finetuning_args, _ = _parse(argv)
+    _, _, _, finetuning_args, _ = parse_train_args(argv)
     assert finetuning_args.p2d_head_selection == "gradient"
 
 
 def test_command_line_choices_name_the_allowed_values(make_args, capsys):
     argv = [f"--{k}={v}" for k, v in make_args(p2d_head_selection="magnitude").items()]
     with pytest.raises(SystemExit):
-        _parse(argv)
+        parse_train_args(argv)
     err = capsys.readouterr().err
     assert "p2d_head_selection" in err and "w1" in err and "gradient" in err
 
@@ -99,7 +73,7 @@ BAD_VALUES = [
     ({"quantization_bit": 4}, r"`quantization_bit=4` is not supported"),
     ({"stage": "dpo"}, r"`finetuning_type: p2d_heads` supports `stage` sft; got 'dpo'"),
     ({"use_dora": True}, r"`use_dora` cannot be combined with `finetuning_type: p2d_heads`"),
-    ({"p2d_data_selection": "best"}, r"`p2d_data_selection` must be one of none, p2d, random, ifd, data_whisperer"),
+    ({"p2d_data_selection": "best"}, r"`p2d_data_selection` must be one of none, ifd, data_whisperer, random, p2d"),
     ({"p2d_icl_metric": "bleu"}, r"`p2d_icl_metric` must be one of auto, em, rougeL; got 'bleu'"),
     ({"p2d_icl_scoring": "sample"}, r"`p2d_icl_scoring` must be one of generate, teacher_forced"),
     ({"p2d_data_ratio": 0}, r"`p2d_data_ratio` must be in \(0, 1\]"),
@@ -116,13 +90,13 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("overrides", "message"), BAD_VALUES, ids=[str(o) for o, _ in BAD_VALUES])
 def test_bad_values_fail_at_parse_time_naming_the_key(make_args, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        _parse(make_args(**overrides))
+        parse_train_args(make_args(**overrides))
     assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_training_on_top_of_an_adapter_is_refused(make_args, tiny_models, tmp_path):
     with pytest.raises(ValueError, match=r"training starts from the base model; merge `adapter_name_or_path` first"):
-        _parse(make_args(adapter_name_or_path=str(tiny_models["llama"])))
+        parse_train_args(make_args(adapter_name_or_path=str(tiny_models["llama"])))
     assert not (tmp_path / "out").exists()
 
 
@@ -135,7 +109,7 @@ def test_model_without_standard_attention_projections(make_args, tmp_path, tiny_
     )
     tiny_tokenizer.save_pretrained(model_dir)
     with pytest.raises(ValueError, match=r"separate linear q_proj, k_proj, v_proj, o_proj.*model_type=gpt2"):
-        _parse(make_args(model=model_dir))
+        parse_train_args(make_args(model=model_dir))
     assert not (tmp_path / "out").exists()
 
 
@@ -153,20 +127,20 @@ def test_heads_file_from_a_model_of_another_shape(make_args, tmp_path):
     with pytest.raises(
         ValueError, match=r"`p2d_heads_file` holds heads of a model shaped .*'num_layers': 30.*this model"
     ):
-        _parse(make_args(p2d_heads_file=str(tmp_path / "heads.json")))
+        parse_train_args(make_args(p2d_heads_file=str(tmp_path / "heads.json")))
     (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match=r"is not a P2D head set"):
-        _parse(make_args(p2d_heads_file=str(tmp_path / "bad.json")))
+        parse_train_args(make_args(p2d_heads_file=str(tmp_path / "bad.json")))
     assert not (tmp_path / "out").exists()
 
 
 def test_task_model_of_another_architecture(make_args, tiny_models, tmp_path):
     with pytest.raises(ValueError, match=r"`p2d_task_model` is a qwen2 model; the base model is llama"):
-        _parse(make_args(p2d_task_model=str(tiny_models["qwen2"])))
+        parse_train_args(make_args(p2d_task_model=str(tiny_models["qwen2"])))
     with pytest.raises(ValueError, match=r"`p2d_task_model` has attention shape"):
-        _parse(make_args(p2d_task_model=str(tiny_models["llama_mha"])))
+        parse_train_args(make_args(p2d_task_model=str(tiny_models["llama_mha"])))
     with pytest.raises(ValueError, match=r"`p2d_task_model` compares weights.*choose w1 or cosine"):
-        _parse(make_args(p2d_task_model=str(tiny_models["llama"]), p2d_head_selection="random"))
+        parse_train_args(make_args(p2d_task_model=str(tiny_models["llama"]), p2d_head_selection="random"))
     assert not (tmp_path / "out").exists()
 
 

@@ -1,7 +1,9 @@
 """Stage I: the proxy, the head-set file, reuse of finished work, and each scoring method."""
 
 import logging
+import random
 
+import numpy as np
 import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
@@ -13,22 +15,9 @@ from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.proxy import make_batches, train_proxy
 from p2d_llamafactory.heads.scoring import select_top, weight_scores
 from p2d_llamafactory.hparams import P2DArguments
-from tests.tiny import build_model
-
-
-def _examples(tokenizer, n=12):
-    from p2d_llamafactory.assets.demo_data import make_demo_examples
-
-    examples = []
-    for ex in make_demo_examples(n, seed=5):
-        messages = [{"role": "user", "content": ex["instruction"]}]
-        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-        answer = tokenizer(ex["output"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        ids = list(prompt_ids) + answer
-        examples.append(
-            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt_ids) + answer}
-        )
-    return examples
+from tests.helpers.examples import tokenized_examples
+from tests.helpers.references import cosine_distance_np, head_distribution_np, snip_head_scores, top_heads
+from tests.helpers.tiny import build_model
 
 
 @pytest.fixture
@@ -37,7 +26,7 @@ def fhi(tiny_tokenizer, tmp_path):
         return FHIInputs(
             model=model if model is not None else build_model("llama", tiny_tokenizer),
             model_name="tiny-llama",
-            examples=_examples(tiny_tokenizer, n),
+            examples=tokenized_examples(tiny_tokenizer, n),
             collate=DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt"),
             micro_batch_size=4,
             output_dir=str(output_dir) if output_dir else None,
@@ -138,6 +127,68 @@ def test_other_selection_methods_are_deterministic(fhi, method):
             fhi(output_dir=None), P2DArguments(p2d_head_ratio=0.5, p2d_head_selection="random", p2d_seed=3)
         )
         assert other.selected != first.selected
+
+
+def test_random_heads_are_the_top_of_seeded_uniform_scores(fhi, monkeypatch):
+    monkeypatch.setattr(identify_module, "train_proxy", lambda *a, **k: pytest.fail("random needs no proxy"))
+    args = P2DArguments(p2d_head_ratio=0.5, p2d_head_selection="random", p2d_seed=3)
+    head_set = identify_heads(fhi(output_dir=None), args)
+    expected = torch.rand(3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert head_set.scores == expected.tolist()
+    assert head_set.selected == top_heads(expected.numpy(), 6) and len(set(head_set.selected)) == 6
+    assert head_set.proxy_loss == [] and head_set.seed == 3
+    other = identify_heads(
+        fhi(output_dir=None), P2DArguments(p2d_head_ratio=0.5, p2d_head_selection="random", p2d_seed=4)
+    )
+    assert other.scores != head_set.scores and other.selected != head_set.selected
+
+
+def test_cosine_scores_the_base_against_its_proxy(fhi, monkeypatch):
+    proxies = []
+    real = identify_module.train_proxy
+
+    def keep(*args, **kwargs):
+        proxy, losses = real(*args, **kwargs)
+        proxies.append(proxy)
+        return proxy, losses
+
+    monkeypatch.setattr(identify_module, "train_proxy", keep)
+    inputs = fhi(output_dir=None)
+    args = P2DArguments(
+        p2d_head_ratio=0.25, p2d_head_selection="cosine", p2d_fhi_samples=6, p2d_fhi_steps=2, p2d_fhi_lr=1e-2
+    )
+    head_set = identify_heads(inputs, args)
+    assert len(proxies) == 1 and len(head_set.proxy_loss) == 2
+    tau = args.p2d_temperature
+    expected = np.array(
+        [
+            [
+                cosine_distance_np(
+                    head_distribution_np(inputs.model, layer, head, tau),
+                    head_distribution_np(proxies[0], layer, head, tau),
+                )
+                for head in range(4)
+            ]
+            for layer in range(3)
+        ]
+    )
+    assert (expected > 0).all()
+    np.testing.assert_allclose(np.array(head_set.scores), expected, rtol=1e-8, atol=1e-14)
+    assert head_set.selected == top_heads(expected, 3)
+
+
+def test_gradient_scores_the_fhi_sample_without_a_proxy(fhi, monkeypatch):
+    monkeypatch.setattr(identify_module, "train_proxy", lambda *a, **k: pytest.fail("gradient needs no proxy"))
+    inputs = fhi(output_dir=None)  # 12 examples, micro-batches of 4
+    args = P2DArguments(p2d_head_ratio=0.25, p2d_head_selection="gradient", p2d_fhi_samples=6, p2d_seed=7)
+    head_set = identify_heads(inputs, args)
+    # reference: the same seeded sample of 6, one batch, |W * dL/dW| per head from torch.autograd
+    sample = [inputs.examples[i] for i in sorted(random.Random(7).sample(range(12), 6))]
+    expected = snip_head_scores(inputs.model, inputs.collate(sample))
+    np.testing.assert_allclose(np.array(head_set.scores), expected, rtol=1e-5)
+    assert head_set.selected == top_heads(expected, 3) and head_set.proxy_loss == []
+    first_six = snip_head_scores(inputs.model, inputs.collate(inputs.examples[:6]))
+    assert not np.allclose(first_six, expected)  # the seeded sample, not just any 6 examples
 
 
 def test_proxy_is_freed_before_identify_returns(fhi, monkeypatch):

@@ -14,19 +14,9 @@ from p2d_llamafactory.heads.scoring import (
     w1_distance,
     weight_scores,
 )
-from tests.tiny import build_model
-
-
-def _perturbed(model, scale=1e-3, seed=1):
-    import copy
-
-    other = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in other.named_parameters():
-            if "self_attn" in name:
-                p.add_(torch.randn(p.shape, generator=gen) * scale)
-    return other
+from tests.helpers.examples import tokenized_examples
+from tests.helpers.references import cosine_distance_np, exact_w1, head_distribution_np, snip_head_scores
+from tests.helpers.tiny import build_model, perturbed
 
 
 def test_composite_matches_explicit_product(tiny_tokenizer):
@@ -79,7 +69,7 @@ def test_float64_softmax_keeps_the_signal_float32_loses():
 
 def test_weight_scores_agree_with_scipy_on_tiny_gqa_model(tiny_tokenizer):
     base = build_model("llama", tiny_tokenizer)
-    other = _perturbed(base)
+    other = perturbed(base)
     layout = find_attention_layout(base)
     scores = weight_scores(base, other, layout, "w1", 0.1, progress=False)
     assert scores.shape == (layout.num_layers, layout.num_heads)
@@ -93,21 +83,34 @@ def test_weight_scores_agree_with_scipy_on_tiny_gqa_model(tiny_tokenizer):
             assert float(scores[layer, h]) == pytest.approx(ref, rel=1e-6)
 
 
-def exact_w1(p: np.ndarray, q: np.ndarray) -> float:
-    """W1 of the float64 arrays taken as exact rationals (each normalised by its own sum), in integer arithmetic."""
-    scale = 2**1100  # every float64 times this is an integer
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_cosine_scores_equal_one_minus_cosine_of_the_softmaxes_in_numpy(tiny_tokenizer, kind):
+    base = build_model(kind, tiny_tokenizer)
+    other = perturbed(base, scale=1e-2)
+    layout = find_attention_layout(base)
+    scores = weight_scores(base, other, layout, "cosine", 0.1, progress=False)
+    assert scores.shape == (3, 4) and scores.dtype == torch.float64
+    for layer in range(layout.num_layers):  # every head, GQA groups included
+        for head in range(layout.num_heads):
+            p = head_distribution_np(base, layer, head, 0.1)
+            q = head_distribution_np(other, layer, head, 0.1)
+            assert p.shape == (64 * 16,) and p.sum() == pytest.approx(1.0, rel=1e-12)
+            ref = cosine_distance_np(p, q)
+            assert ref > 1e-7  # a real signal, far above float64 round-off
+            assert float(scores[layer, head]) == pytest.approx(ref, rel=1e-8, abs=1e-14)
+    # the temperature enters as documented: a hotter softmax gives other distances
+    hot = weight_scores(base, other, layout, "cosine", 1.0, progress=False)
+    ref = cosine_distance_np(head_distribution_np(base, 1, 2, 1.0), head_distribution_np(other, 1, 2, 1.0))
+    assert float(hot[1, 2]) == pytest.approx(ref, rel=1e-8, abs=1e-14) and float(hot[1, 2]) != float(scores[1, 2])
 
-    def to_int(v: float) -> int:
-        num, den = v.as_integer_ratio()
-        return num * (scale // den)
 
-    ip, iq = [to_int(v) for v in p.tolist()], [to_int(v) for v in q.tolist()]
-    tp, tq = sum(ip), sum(iq)
-    total, cp, cq = 0, 0, 0
-    for a, b in zip(ip[:-1], iq[:-1]):
-        cp, cq = cp + a, cq + b
-        total += abs(cp * tq - cq * tp)
-    return total / (tp * tq)
+def test_cosine_scores_are_zero_for_identical_weights(tiny_tokenizer):
+    base = build_model("llama", tiny_tokenizer)
+    layout = find_attention_layout(base)
+    scores = weight_scores(base, perturbed(base, scale=0.0), layout, "cosine", 0.1, progress=False)
+    assert scores.shape == (3, 4)
+    assert scores.abs().max() <= 1e-12  # 0 up to float64 round-off
+    assert weight_scores(base, perturbed(base, scale=1e-2), layout, "cosine", 0.1, progress=False).min() > 1e-7
 
 
 def test_exact_reference_is_exact():
@@ -124,7 +127,7 @@ def test_w1_on_real_smollm2_weights_is_exact_and_agrees_with_scipy(smollm2_dir):
     base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
     layout = find_attention_layout(base)
     assert (layout.num_layers, layout.num_heads, layout.num_kv_heads, layout.head_dim) == (30, 9, 3, 64)
-    proxy = _perturbed(base, scale=2e-4)
+    proxy = perturbed(base, scale=2e-4)
     scipy_checked = 0
     for layer in [0, 14, 29]:
         wb, wp = projection_weights(base, layout, layer), projection_weights(proxy, layout, layer)
@@ -154,29 +157,35 @@ def test_select_top_breaks_ties_by_position_and_is_sorted():
         select_top(torch.tensor([[float("nan"), 1.0]]), 1)
 
 
-def test_random_scores_are_seeded():
-    layout = AttentionLayout(("a", "b"), 4, 2, 8, 32)
-    assert torch.equal(random_scores(layout, 3), random_scores(layout, 3))
-    assert not torch.equal(random_scores(layout, 3), random_scores(layout, 4))
+def test_random_scores_are_seeded_uniform_draws():
+    layout = AttentionLayout(("a", "b", "c"), 4, 2, 8, 32)
+    scores = random_scores(layout, 3)
+    assert scores.shape == (3, 4) and scores.dtype == torch.float64
+    assert torch.equal(scores, random_scores(layout, 3))  # deterministic per seed
+    assert not torch.equal(scores, random_scores(layout, 4))  # another seed, other scores
+    # the documented generator: one torch.rand draw of (layers, heads) in float64 from a generator seeded with p2d_seed
+    expected = torch.rand(3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(scores, expected)
+    assert ((scores >= 0) & (scores < 1)).all() and len(set(scores.flatten().tolist())) == 12
 
 
-def test_gradient_scores_equal_weight_times_gradient(tiny_tokenizer):
-    model = build_model("qwen2", tiny_tokenizer)
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_gradient_scores_equal_weight_times_gradient(tiny_tokenizer, kind):
+    from transformers import DataCollatorForSeq2Seq
+
+    model = build_model(kind, tiny_tokenizer)
     layout = find_attention_layout(model)
-    ids = torch.randint(4, len(tiny_tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    n_tokens = int((ids[:, 1:] != -100).sum())
-    scores = gradient_scores(model, layout, [batch], n_tokens, progress=False)
-    # reference: one plain backward pass
-    model.zero_grad()
-    model(**batch).loss.backward()
-    w = projection_weights(model, layout, 2)
-    d, h, g = layout.head_dim, 3, layout.kv_head(3)
-    snip = lambda p: (p.detach() * p.grad).abs()
-    expected = (
-        snip(w["q"])[h * d : (h + 1) * d].sum()
-        + snip(w["k"])[g * d : (g + 1) * d].sum()
-        + snip(w["v"])[g * d : (g + 1) * d].sum()
-        + snip(w["o"])[:, h * d : (h + 1) * d].sum()
-    )
-    assert float(scores[2, 3]) == pytest.approx(float(expected), rel=1e-4)
+    collate = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt")
+    examples = tokenized_examples(tiny_tokenizer, 6)  # prompts masked out of the labels
+    micro = [collate(examples[:4]), collate(examples[4:])]  # 4 + 2 examples with different label-token counts
+    n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    assert len({int((b["labels"][:, 1:] != -100).sum()) for b in micro}) == 2
+    model.requires_grad_(False)  # as a frozen base model would be
+    scores = gradient_scores(model, layout, micro, n_tokens, progress=False)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training  # left as it was
+    # reference: |W * dL/dW| with L the mean token loss of all 6 examples in one batch, from torch.autograd
+    model.requires_grad_(True)
+    expected = snip_head_scores(model, collate(examples))
+    assert scores.shape == (3, 4) and scores.dtype == torch.float64
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5)
+    assert (expected > 0).all() and len(set(expected.round(6).flatten().tolist())) == 12  # no degenerate heads

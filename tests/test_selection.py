@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import random
 
 import pytest
 import torch
@@ -10,17 +11,13 @@ import torch
 from p2d_llamafactory.data import probe as probe_module
 from p2d_llamafactory.data.cache import PROGRESS_FILE, SCORES_FILE
 from p2d_llamafactory.data.probe import ProbeSettings, plan_prompts
-from p2d_llamafactory.data.prompts import BUILTIN_STYLES, ChatFrame, Example, build_prompt
+from p2d_llamafactory.data.prompts import BUILTIN_STYLES, Example, build_prompt
 from p2d_llamafactory.data.select import SelectionInputs, select_examples
 from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.hparams import P2DArguments
-from tests.tiny import build_model
-
-
-def _frame(tok):
-    enc = lambda text: tok.encode(text, add_special_tokens=False)
-    return ChatFrame(enc("<|im_start|>user\n"), enc("<|im_end|>\n<|im_start|>assistant\n"), enc("<|im_end|>\n"))
+from tests.helpers.examples import chatml_frame, probe_examples
+from tests.helpers.tiny import build_model
 
 
 def test_prompt_spans_against_a_hand_checked_prompt(tiny_tokenizer):
@@ -28,7 +25,7 @@ def test_prompt_spans_against_a_hand_checked_prompt(tiny_tokenizer):
     demos = [Example(0, "What is 2 + 3?", "2 + 3 = 5.\n#### 5"), Example(1, "What is 7 - 4?", "7 - 4 = 3.\n#### 3")]
     queries = [Example(2, "What is 6 * 2?", "6 * 2 = 12.\n#### 12")]
     style = BUILTIN_STYLES["general"]
-    prompt = build_prompt(tok, _frame(tok), style, demos, queries, teacher_forced=True)
+    prompt = build_prompt(tok, chatml_frame(tok), style, demos, queries, teacher_forced=True)
     expected = (
         "<|im_start|>user\n"
         f"{style.instruction}\n\nBelow are some demonstrations of how to format your answers:\n\n"
@@ -52,7 +49,7 @@ def test_prompt_spans_against_a_hand_checked_prompt(tiny_tokenizer):
     assert [span(s) for s in prompt.answer_spans] == ["6 * 2 = 12.\n#### 12\n"]
     assert prompt.query_rows == list(range(*prompt.query_spans[0]))
     assert (prompt.demos, prompt.queries, prompt.references) == ([0, 1], [2], ["6 * 2 = 12.\n#### 12"])
-    generate = build_prompt(tok, _frame(tok), style, demos, queries, teacher_forced=False)
+    generate = build_prompt(tok, chatml_frame(tok), style, demos, queries, teacher_forced=False)
     assert generate.input_ids == ids[: len(generate.input_ids)] and not generate.answer_spans
     assert tok.decode(generate.input_ids).endswith("<|im_start|>assistant\nAnswer 1: ")
     assert generate.answer_prefix == "Answer 1: "  # generation continues the answer format
@@ -93,12 +90,6 @@ def test_plans_use_every_candidate_as_demo_and_keep_queries_disjoint():
         plan_prompts(list(range(7)), settings)
 
 
-def _examples(n=24):
-    from p2d_llamafactory.assets.demo_data import make_demo_examples
-
-    return [Example(i, ex["instruction"], ex["output"]) for i, ex in enumerate(make_demo_examples(n, seed=3))]
-
-
 @pytest.fixture
 def selection_inputs(tiny_tokenizer, tmp_path):
     model = build_model("llama", tiny_tokenizer)
@@ -106,13 +97,13 @@ def selection_inputs(tiny_tokenizer, tmp_path):
     head_set = HeadSet("tiny", layout.shape(), "w1", 0, 0.25, [], [(0, 1), (1, 3), (2, 0)])
 
     def make(examples=None, output_dir=tmp_path / "out", max_length=512, head_set=head_set):
-        examples = examples or _examples()
+        examples = examples or probe_examples()
         return SelectionInputs(
             examples=examples,
             token_lengths=[len(tiny_tokenizer.encode(e.prompt + e.response)) for e in examples],
             max_length=max_length,
             tokenizer=tiny_tokenizer,
-            frame=_frame(tiny_tokenizer),
+            frame=chatml_frame(tiny_tokenizer),
             load_model=lambda: model,
             layout=layout,
             head_set=head_set,
@@ -203,9 +194,49 @@ def test_caches_from_other_settings_are_ignored_never_mixed(selection_inputs, tm
     assert "reusing the identical data scores" in caplog.text
 
 
-def test_baselines_random_ifd_and_data_whisperer(selection_inputs):
-    random_sel = select_examples(selection_inputs(output_dir=None), _args(p2d_data_selection="random"))
-    assert len(random_sel.selected) == 6
+def test_random_selection_is_the_top_of_the_seeded_generator(selection_inputs, tmp_path):
+    inputs = selection_inputs(output_dir=tmp_path / "a")
+    inputs.load_model = lambda: pytest.fail("random selection needs no model")
+    first = select_examples(inputs, _args(p2d_data_selection="random", p2d_seed=11))
+    # the documented generator: Python's random.Random(p2d_seed), one .random() per example in index order
+    rng = random.Random(11)
+    expected = [rng.random() for _ in range(24)]
+    assert first.scores == expected
+    assert first.selected == sorted(sorted(range(24), key=lambda i: -expected[i])[:6])
+    saved = json.loads((tmp_path / "a" / SCORES_FILE).read_text())
+    assert saved["method"] == "random" and saved["scores"] == expected and saved["selected"] == first.selected
+    again = select_examples(
+        selection_inputs(output_dir=tmp_path / "b"), _args(p2d_data_selection="random", p2d_seed=11)
+    )
+    assert (again.scores, again.selected) == (first.scores, first.selected)  # deterministic per seed
+    other = select_examples(selection_inputs(output_dir=None), _args(p2d_data_selection="random", p2d_seed=12))
+    rng = random.Random(12)
+    assert other.scores == [rng.random() for _ in range(24)] != first.scores
+    assert other.selected != first.selected  # another seed, another subset
+    # examples too long for the context are never drawn; the others keep their scores
+    short = selection_inputs(output_dir=None)
+    winners = first.selected[:2]
+    short.token_lengths = [10_000 if i in winners else n for i, n in enumerate(short.token_lengths)]
+    without = select_examples(short, _args(p2d_data_selection="random", p2d_seed=11))
+    assert without.skipped == winners and all(math.isnan(without.scores[i]) for i in winners)
+    kept = [i for i in range(24) if i not in winners]
+    assert without.selected == sorted(sorted(kept, key=lambda i: -expected[i])[:6])
+
+
+@pytest.mark.parametrize(
+    ("n", "ratio", "k"),
+    [(24, 0.25, 6), (10, 0.25, 3), (24, 0.0625, 2), (24, 0.1875, 5), (9, 0.5, 5), (7, 1.0, 7), (30, 0.1, 3)],
+)
+def test_random_selection_keeps_ratio_times_n_rounded_half_up(selection_inputs, n, ratio, k):
+    assert k == math.floor(ratio * n + 0.5)  # 2.5 -> 3, 1.5 -> 2, 4.5 -> 5 (Python's round() gives 2, 2, 4)
+    inputs = selection_inputs(examples=probe_examples(n), output_dir=None)
+    selection = select_examples(inputs, _args(p2d_data_selection="random", p2d_data_ratio=ratio))
+    assert len(selection.selected) == len(set(selection.selected)) == k
+    assert selection.selected == sorted(selection.selected) and set(selection.selected) <= set(range(n))
+    assert len(selection.scores) == n
+
+
+def test_baselines_ifd_and_data_whisperer(selection_inputs):
     ifd = select_examples(selection_inputs(output_dir=None), _args(p2d_data_selection="ifd"))
     assert len(ifd.selected) == 6 and all(s > 0 for s in ifd.scores)
     ranked = sorted(range(24), key=lambda i: (ifd.scores[i] >= 1, -ifd.scores[i], i))[:6]
@@ -218,7 +249,7 @@ def test_bad_input(selection_inputs):
     with pytest.raises(ValueError, match=r"`p2d_data_ratio: 0.01` keeps 0 of the 24 training examples"):
         select_examples(selection_inputs(), _args(p2d_data_ratio=0.01))
     with pytest.raises(ValueError, match=r"needs at least 8 usable examples"):
-        select_examples(selection_inputs(examples=_examples(7)), _args(p2d_data_ratio=0.5))
+        select_examples(selection_inputs(examples=probe_examples(7)), _args(p2d_data_ratio=0.5))
     with pytest.raises(ValueError, match=r"needs a head set"):
         select_examples(selection_inputs(head_set=None), _args())
 
@@ -270,16 +301,16 @@ def test_teacher_forced_likelihoods_equal_a_full_logits_reference(tiny_tokenizer
     from p2d_llamafactory.data import probe as P
 
     model = build_model("llama", tiny_tokenizer)
-    examples = {e.index: e for e in _examples()}
+    examples = {e.index: e for e in probe_examples()}
     settings = P.ProbeSettings(scoring="teacher_forced", batch_size=3)
     style = BUILTIN_STYLES["math"]
-    prober = P.Prober(model, tiny_tokenizer, _frame(tiny_tokenizer), style, {0: [1], 2: [0, 3]}, settings, None)
+    prober = P.Prober(model, tiny_tokenizer, chatml_frame(tiny_tokenizer), style, {0: [1], 2: [0, 3]}, settings, None)
     plans = [(0, [0, 1, 2, 3, 4], [5, 6, 7]), (1, [8, 9, 10, 11, 12], [13, 14, 15]), (2, [16, 17, 18, 19, 20], [2, 9])]
     fast = prober.run_batch(plans, examples)  # logits only at the gold-answer positions, left padded
     for (_, demos, queries), result in zip(plans, fast):
         prompt = build_prompt(
             tiny_tokenizer,
-            _frame(tiny_tokenizer),
+            chatml_frame(tiny_tokenizer),
             style,
             [examples[i] for i in demos],
             [examples[i] for i in queries],

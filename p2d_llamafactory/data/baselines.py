@@ -13,6 +13,8 @@ from .prompts import ChatFrame, Example
 
 
 def random_scores(num_examples: int, seed: int) -> list[float]:
+    """One uniform draw in [0, 1) per example, in index order, from Python's ``random.Random(seed)`` (the same on
+    every platform); the selection keeps the highest."""
     rng = random.Random(seed)
     return [rng.random() for _ in range(num_examples)]
 

@@ -1,5 +1,6 @@
-"""Tiny random models and a tiny tokenizer, built locally so the tests run offline."""
+"""Tiny random models, a tiny tokenizer and random inputs, built locally so the tests run offline."""
 
+import copy
 from pathlib import Path
 
 import torch
@@ -75,3 +76,51 @@ def save_model(kind: str, tokenizer, path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def perturbed(model, scale: float = 1e-3, seed: int = 1):
+    """A copy of ``model`` with seeded Gaussian noise of std ``scale`` added to every attention parameter."""
+    other = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in other.named_parameters():
+            if "self_attn" in name:
+                param.add_(torch.randn(param.shape, generator=gen) * scale)
+    return other
+
+
+def train_like(model, seed: int = 3, scale: float = 0.05) -> None:
+    """Give the trainable parameters seeded non-zero values, as training would."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+
+
+def random_ids(tokenizer, shape: tuple[int, ...] = (2, 12), seed: int = 0) -> torch.Tensor:
+    """Seeded token ids that avoid the 4 special tokens."""
+    return torch.randint(4, len(tokenizer), shape, generator=torch.Generator().manual_seed(seed))
+
+
+def lm_batch(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A causal-LM batch that trains on every token of ``ids``."""
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def left_padded(lengths: list[int], vocab: int, pad_id: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random rows of the given lengths, left padded to the longest: (input_ids, attention_mask)."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad_id)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        ids[b, width - n :] = torch.randint(4, vocab, (n,), generator=gen)
+        mask[b, width - n :] = 1
+    return ids, mask
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """float32 logits of ``model`` on ``ids``, without autograd."""
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()

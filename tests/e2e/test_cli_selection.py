@@ -5,18 +5,14 @@ import json
 import pytest
 
 from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
-from tests.test_cli import run_cli, train_config, write_yaml
-
-
-pytestmark = pytest.mark.slow
+from tests.helpers.cli import run_cli, train_config, write_yaml
+from tests.helpers.examples import demo_examples
 
 
 @pytest.fixture(scope="module")
 def two_datasets(tmp_path_factory):
-    from p2d_llamafactory.assets.demo_data import make_demo_examples
-
     root = tmp_path_factory.mktemp("data2")
-    examples = make_demo_examples(70, seed=8)
+    examples = demo_examples(70, seed=8)
     (root / "a.json").write_text(json.dumps(examples[:40]))
     (root / "b.json").write_text(json.dumps(examples[40:]))
     (root / "dataset_info.json").write_text(

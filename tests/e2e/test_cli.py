@@ -1,67 +1,17 @@
 """End to end through the stock ``llamafactory-cli``: train, resume, export, chat-style loading, plain peft."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.heads.headset import HEADS_FILE, HEATMAP_FILE, HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
-
-
-CLI = str(Path(sys.executable).parent / "llamafactory-cli")
-pytestmark = pytest.mark.slow
-
-
-def run_cli(*args: str, cwd: Path, **env: str) -> str:
-    result = subprocess.run(
-        [CLI, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **env}, timeout=900
-    )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
-    return log
-
-
-def train_config(model_dir: Path, dataset_dir: Path, output_dir: Path, **overrides) -> dict:
-    config = {
-        "model_name_or_path": str(model_dir),
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "p2d_heads",
-        "p2d_head_ratio": 0.25,
-        "p2d_fhi_samples": 16,
-        "p2d_fhi_steps": 2,
-        "p2d_fhi_lr": 1e-3,
-        "dataset": "p2d_demo",
-        "dataset_dir": str(dataset_dir),
-        "template": "chatml",
-        "cutoff_len": 128,
-        "preprocessing_num_workers": 1,
-        "output_dir": str(output_dir),
-        "logging_steps": 1,
-        "save_steps": 2,
-        "report_to": "none",
-        "per_device_train_batch_size": 4,
-        "learning_rate": 1e-3,
-        "lr_scheduler_type": "cosine",
-        "max_steps": 4,
-        "seed": 11,
-    }
-    config.update(overrides)
-    return config
-
-
-def write_yaml(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+from tests.helpers.cli import run_cli, train_config, write_yaml
+from tests.helpers.tiny import logits, random_ids
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +43,6 @@ def test_train_writes_adapter_head_set_and_heatmap(trained):
     assert [entry["current_steps"] for entry in logs if "loss" in entry] == [1, 2, 3, 4]
 
 
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids).logits.float()
-
-
 def test_stock_export_chat_loading_and_plain_peft_reproduce_the_trained_model(trained, tiny_tokenizer):
     from peft import PeftModel, set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -112,7 +57,7 @@ def test_stock_export_chat_loading_and_plain_peft_reproduce_the_trained_model(tr
         "export_dir": str(root / "merged"),
     }
     run_cli("export", str(write_yaml(root / "export.yaml", export)), cwd=root, P2D_LLAMAFACTORY_DISABLE="1")
-    ids = torch.randint(4, len(tiny_tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
+    ids = random_ids(tiny_tokenizer)
 
     # the trained model, rebuilt in its training form (fast head-slice forward) with the trained weights
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -120,7 +65,7 @@ def test_stock_export_chat_loading_and_plain_peft_reproduce_the_trained_model(tr
     trained_model = apply_head_slices(base, find_attention_layout(base), head_set.selected, ("q", "o"))
     result = set_peft_model_state_dict(trained_model, load_file(out / "adapter_model.safetensors"))
     assert not result.unexpected_keys
-    reference = _logits(trained_model.eval(), ids)
+    reference = logits(trained_model.eval(), ids)
 
     merged = AutoModelForCausalLM.from_pretrained(root / "merged", dtype=torch.float32)
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), out)
@@ -131,10 +76,10 @@ def test_stock_export_chat_loading_and_plain_peft_reproduce_the_trained_model(tr
         {**export, "finetuning_type": "p2d_heads", "export_dir": None, "infer_dtype": "float32"}
     )
     chat_model = load_model(load_tokenizer(model_args)["tokenizer"], model_args, finetuning_args)
-    untrained = _logits(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), ids)
+    untrained = logits(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), ids)
     assert (reference - untrained).abs().max() > 1e-3
     for name, model in {"export": merged, "plain peft": plain, "chat (p2d_heads)": chat_model}.items():
-        diff = (reference - _logits(model.eval(), ids)).abs().max()
+        diff = (reference - logits(model.eval(), ids)).abs().max()
         assert diff <= 1e-5, f"{name}: {diff}"
 
 
@@ -173,70 +118,3 @@ def test_one_hot_factors_stay_fixed_through_training(trained):
         else:
             assert value.abs().max() > 0, key  # trained from zero
     assert re.search(r"trainable params: [\d,]+ \|\|", trained["log"])
-
-
-DS_ZERO2 = {
-    "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "zero_allow_untested_optimizer": True,
-    "bf16": {"enabled": "auto"},
-    "zero_optimization": {"stage": 2, "overlap_comm": False, "reduce_scatter": True, "contiguous_gradients": True},
-}
-
-
-def _torchrun_env(nproc: int) -> dict[str, str]:
-    return {
-        "FORCE_TORCHRUN": "1",
-        "NPROC_PER_NODE": str(nproc),
-        "DS_ACCELERATOR": "cpu",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # torchrun
-    }
-
-
-def test_deepspeed_zero3_is_refused_before_anything_is_written(tiny_models, tiny_dataset_dir, tmp_path):
-    (tmp_path / "z3.json").write_text(json.dumps({**DS_ZERO2, "zero_optimization": {"stage": 3}}))
-    config = train_config(
-        tiny_models["llama"], tiny_dataset_dir, tmp_path / "out", deepspeed=str(tmp_path / "z3.json")
-    )
-    result = subprocess.run(
-        [CLI, "train", str(write_yaml(tmp_path / "z3.yaml", config))],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **_torchrun_env(1)},
-        timeout=600,
-    )
-    assert result.returncode != 0
-    assert "supports DeepSpeed ZeRO stages 0-2, not ZeRO-3" in result.stdout + result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_deepspeed_zero2_on_two_processes(tiny_models, tiny_dataset_dir, tmp_path):
-    from safetensors.torch import load_file
-
-    (tmp_path / "ds_z2.json").write_text(json.dumps(DS_ZERO2))
-    config = train_config(
-        tiny_models["llama"],
-        tiny_dataset_dir,
-        tmp_path / "out",
-        deepspeed=str(tmp_path / "ds_z2.json"),
-        ddp_backend="gloo",
-        p2d_data_selection="p2d",
-        p2d_data_ratio=0.5,
-        p2d_icl_scoring="teacher_forced",
-        p2d_data_ppl_samples=0,
-    )
-    log = run_cli("train", str(write_yaml(tmp_path / "ds.yaml", config)), cwd=tmp_path, **_torchrun_env(2))
-    assert "world size: 2" in log and "distributed training: True" in log
-    assert log.count("P2D proxy training (FHI)") >= 1
-    assert "reusing the identical head identification" in log  # rank 1 reads what rank 0 wrote
-    assert "reusing the identical data scores" in log  # rank 1 does not probe again
-    head_set = HeadSet.load(tmp_path / "out" / HEADS_FILE)
-    weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
-    assert {k.split(".self_attn")[0].split("layers.")[1] for k in weights} == {str(l) for l, _ in head_set.selected}
-    for key, value in weights.items():
-        if "q_proj.lora_B" in key or "o_proj.lora_A" in key:  # fixed one-hot factors: untouched by ZeRO-2
-            assert set(value.unique().tolist()) == {0.0, 1.0}, key
-        else:
-            assert value.abs().max() > 0, key

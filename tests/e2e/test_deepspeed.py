@@ -1,0 +1,60 @@
+"""Distributed training through ``llamafactory-cli train`` with torchrun and DeepSpeed (two CPU processes, gloo)."""
+
+import json
+
+from safetensors.torch import load_file
+
+from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
+from tests.helpers.cli import cli_result, run_cli, torchrun_env, train_config, write_yaml
+
+
+DS_ZERO2 = {
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "zero_allow_untested_optimizer": True,
+    "bf16": {"enabled": "auto"},
+    "zero_optimization": {"stage": 2, "overlap_comm": False, "reduce_scatter": True, "contiguous_gradients": True},
+}
+
+
+def test_deepspeed_zero3_is_refused_before_anything_is_written(tiny_models, tiny_dataset_dir, tmp_path):
+    (tmp_path / "z3.json").write_text(json.dumps({**DS_ZERO2, "zero_optimization": {"stage": 3}}))
+    config = train_config(
+        tiny_models["llama"], tiny_dataset_dir, tmp_path / "out", deepspeed=str(tmp_path / "z3.json")
+    )
+    result = cli_result(
+        "train", str(write_yaml(tmp_path / "z3.yaml", config)), cwd=tmp_path, timeout=600, **torchrun_env(1)
+    )
+    assert result.returncode != 0
+    assert "supports DeepSpeed ZeRO stages 0-2, not ZeRO-3" in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_deepspeed_zero2_on_two_processes(tiny_models, tiny_dataset_dir, tmp_path):
+    (tmp_path / "ds_z2.json").write_text(json.dumps(DS_ZERO2))
+    config = train_config(
+        tiny_models["llama"],
+        tiny_dataset_dir,
+        tmp_path / "out",
+        deepspeed=str(tmp_path / "ds_z2.json"),
+        ddp_backend="gloo",
+        p2d_data_selection="p2d",
+        p2d_data_ratio=0.5,
+        p2d_icl_scoring="teacher_forced",
+        p2d_data_ppl_samples=0,
+    )
+    log = run_cli("train", str(write_yaml(tmp_path / "ds.yaml", config)), cwd=tmp_path, **torchrun_env(2))
+    assert "world size: 2" in log and "distributed training: True" in log
+    assert log.count("P2D proxy training (FHI)") >= 1
+    assert "reusing the identical head identification" in log  # rank 1 reads what rank 0 wrote
+    assert "reusing the identical data scores" in log  # rank 1 does not probe again
+    head_set = HeadSet.load(tmp_path / "out" / HEADS_FILE)
+    weights = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert {k.split(".self_attn")[0].split("layers.")[1] for k in weights} == {str(l) for l, _ in head_set.selected}
+    for key, value in weights.items():
+        if "q_proj.lora_B" in key or "o_proj.lora_A" in key:  # fixed one-hot factors: untouched by ZeRO-2
+            assert set(value.unique().tolist()) == {0.0, 1.0}, key
+        else:
+            assert value.abs().max() > 0, key

@@ -1,0 +1,95 @@
+"""Subprocesses (the stock ``llamafactory-cli``, a plain ``python -c``), the YAML configs the CLI reads, and
+LLaMA-Factory's own parser."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+CLI = str(Path(sys.executable).parent / "llamafactory-cli")
+
+
+def cli_result(*args: str, cwd: Path, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+    """``llamafactory-cli *args`` in ``cwd`` with ``env`` added to the environment; the exit status is not checked."""
+    return subprocess.run(
+        [CLI, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout
+    )
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> str:
+    """``llamafactory-cli *args``, which must succeed; returns its stdout + stderr."""
+    result = cli_result(*args, cwd=cwd, **env)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    return log
+
+
+def run_python(code: str, **env: str) -> str:
+    """``python -c code`` with ``env`` added to the environment, which must succeed; returns its stripped stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def train_config(model_dir: Path, dataset_dir: Path, output_dir: Path, **overrides) -> dict:
+    """A short ``p2d_heads`` SFT run on ``p2d_demo`` (4 steps, a checkpoint every 2), with ``overrides``."""
+    run = {
+        "p2d_head_ratio": 0.25,
+        "p2d_fhi_samples": 16,
+        "p2d_fhi_steps": 2,
+        "p2d_fhi_lr": 1e-3,
+        "cutoff_len": 128,
+        "preprocessing_num_workers": 1,
+        "logging_steps": 1,
+        "save_steps": 2,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "cosine",
+        "max_steps": 4,
+        "seed": 11,
+    }
+    return parser_args(model_dir, dataset_dir, output_dir, **{**run, **overrides})
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def torchrun_env(nproc: int) -> dict[str, str]:
+    """What makes ``llamafactory-cli train`` launch ``nproc`` CPU processes through torchrun."""
+    return {
+        "FORCE_TORCHRUN": "1",
+        "NPROC_PER_NODE": str(nproc),
+        "DS_ACCELERATOR": "cpu",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # torchrun
+    }
+
+
+def parser_args(model_dir: Path, dataset_dir: Path, output_dir: Path, **overrides) -> dict:
+    """Minimal SFT arguments for LLaMA-Factory's parser, with ``overrides`` (a ``None`` value drops the key)."""
+    args = {
+        "model_name_or_path": str(model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "p2d_heads",
+        "dataset": "p2d_demo",
+        "dataset_dir": str(dataset_dir),
+        "template": "chatml",
+        "output_dir": str(output_dir),
+        "report_to": "none",
+    }
+    args.update(overrides)
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def parse_train_args(args: dict):
+    """LLaMA-Factory's stock ``get_train_args`` (the plugin's wrapper included) on a dict."""
+    from llamafactory.hparams import get_train_args
+
+    return get_train_args(args)
