@@ -26,6 +26,11 @@ into the output ``dataset_info.json`` (``--hub-only`` does only that and reads n
     p2d-data                                              # all three, from ../shared/data into data_info/
     p2d-data --datasets gsm8k,dialogsum --max-train 500 --max-test 100
     p2d-data --hub-only                                   # just the Hub entries in data_info/dataset_info.json
+    p2d-data --max-train 400 --max-val 64 --max-test 125  # a validation split carved from the train split
+
+``--max-val N`` carves a validation split for tuning (learning rates, never the test split) out of the
+training split: its *last* N rows become ``p2d_<dataset>_val.json`` (``<dataset>_local_val``), and the training
+pool (``--max-train``) is taken from the rows before them, so pool and validation never overlap.
 """
 
 import argparse
@@ -61,6 +66,7 @@ __all__ = [
 
 DATASETS = ("gsm8k", "dialogsum", "bioinstruct")
 SPLITS = ("train", "test")
+VAL_SPLIT = "val"  # carved from the end of the train split by ``--max-val``
 DEFAULT_SOURCE = os.path.join("..", "shared", "data")
 DEFAULT_OUTPUT_DIR = "data_info"
 DATASET_INFO = "dataset_info.json"
@@ -78,7 +84,7 @@ def file_name(dataset: str, split: str) -> str:
 
 
 def registry_name(dataset: str, split: str) -> str:
-    """``<dataset>_local`` for train, ``<dataset>_local_test`` for test."""
+    """``<dataset>_local`` for train, ``<dataset>_local_test`` for test, ``<dataset>_local_val`` for val."""
     return f"{dataset}_local" if split == "train" else f"{dataset}_local_{split}"
 
 
@@ -105,12 +111,12 @@ def hub_entries() -> dict[str, dict[str, Any]]:
     }
 
 
-def local_entries(datasets: Iterable[str] = DATASETS) -> dict[str, dict[str, Any]]:
+def local_entries(datasets: Iterable[str] = DATASETS, splits: Sequence[str] = SPLITS) -> dict[str, dict[str, Any]]:
     """Registry entries for the converted local files (alpaca columns, so only ``file_name``)."""
     return {
         registry_name(dataset, split): {"file_name": file_name(dataset, split)}
         for dataset in datasets
-        for split in SPLITS
+        for split in splits
     }
 
 
@@ -221,25 +227,31 @@ def write_paper_data(
     max_train: int | None = None,
     max_test: int | None = None,
     register_hub: bool = False,
+    max_val: int | None = None,
 ) -> dict[str, Any]:
     """Convert ``datasets`` from the shared layout at ``source`` into ``output_dir`` and register them.
 
-    ``max_train``/``max_test`` keep the first N rows of each split. All sources are read and checked before
-    anything is written. Returns the manifest (as written to ``<output_dir>/p2d_data_manifest.json``).
+    ``max_train``/``max_test`` keep the first N rows of each split; ``max_val`` moves the last N train rows into a
+    validation split (before ``max_train`` applies). All sources are read and checked before anything is written. Returns the manifest (as written to ``<output_dir>/p2d_data_manifest.json``).
     """
     datasets = _check_datasets(datasets)
-    for name, value in (("max_train", max_train), ("max_test", max_test)):
+    for name, value in (("max_train", max_train), ("max_test", max_test), ("max_val", max_val)):
         if value is not None and value < 1:
             raise PaperDataError(f"{name} must be >= 1; got {value}")
     output_dir = Path(output_dir)
-    limits = {"train": max_train, "test": max_test}
+    limits = {"train": max_train, "test": max_test, VAL_SPLIT: None}
+    splits = (*SPLITS, VAL_SPLIT) if max_val is not None else SPLITS
 
     # read and convert everything first: a bad source leaves the output folder untouched
     planned: list[tuple[str, str, str, dict[str, Any]]] = []  # (dataset, split, text, manifest entry)
     for dataset in datasets:
-        for split in SPLITS:
-            rows, raw = read_source(source, dataset, split)
-            records = convert_rows(dataset, _limit(rows, limits[split]), str(source_path(source, dataset, split)))
+        for split in splits:
+            source_split = "train" if split == VAL_SPLIT else split
+            rows, raw = read_source(source, dataset, source_split)
+            if max_val is not None and split != "test":
+                rows = _carve_validation(rows, max_val, dataset, split)
+            where = str(source_path(source, dataset, source_split))
+            records = convert_rows(dataset, _limit(rows, limits[split]), where)
             text = _dumps(records)
             entry = {
                 "dataset": registry_name(dataset, split),
@@ -267,6 +279,7 @@ def write_paper_data(
                 "source": os.path.join(resolved_source, dataset),
                 "max_train": max_train,
                 "max_test": max_test,
+                "max_val": max_val,
             },
         )
         item[split] = entry
@@ -275,11 +288,20 @@ def write_paper_data(
     manifest = {"generator": "p2d-data", "datasets": {name: merged[name] for name in order}}
     atomic_write_json(manifest_path, manifest)
 
-    entries = local_entries(datasets)
+    entries = local_entries(datasets, splits)
     if register_hub:
         entries.update(hub_entries())
     merge_dataset_info(info_path, entries)
     return manifest
+
+
+def _carve_validation(rows: list[Any], max_val: int, dataset: str, split: str) -> list[Any]:
+    """The validation rows (the last ``max_val`` of the train split) or the train rows before them."""
+    if max_val >= len(rows):
+        raise PaperDataError(
+            f"--max-val {max_val} would take all {len(rows)} {dataset} train rows; leave rows to train on."
+        )
+    return rows[-max_val:] if split == VAL_SPLIT else rows[:-max_val]
 
 
 def _check_datasets(datasets: Iterable[str]) -> list[str]:
@@ -326,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-test", type=_positive_int, default=None, metavar="N", help="keep the first N test rows")
     parser.add_argument(
+        "--max-val",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="carve a validation split (for tuning) from the last N train rows; the pool comes from the rows before",
+    )
+    parser.add_argument(
         "--register-hub",
         action="store_true",
         help="also register the Hugging Face Hub releases (gsm8k, dialogsum, bioinstruct) in dataset_info.json",
@@ -353,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_train=args.max_train,
             max_test=args.max_test,
             register_hub=args.register_hub,
+            max_val=args.max_val,
         )
     except (PaperDataError, OSError) as err:
         print(f"p2d-data: error: {err}", file=sys.stderr)
@@ -360,14 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = _check_datasets(args.datasets.split(","))
     for dataset in selected:
         item = manifest["datasets"][dataset]
-        for split in SPLITS:
+        for split in (s for s in (*SPLITS, VAL_SPLIT) if s in item):
             entry = item[split]
             print(
                 f"p2d-data: {output_dir / entry['file']}: {entry['rows']} of {entry['source_rows']} rows "
                 f"as '{entry['dataset']}'"
             )
     hub = f" and the Hub entries {', '.join(hub_entries())}" if args.register_hub else ""
-    print(f"p2d-data: registered {len(selected) * len(SPLITS)} local entries{hub} in {output_dir / DATASET_INFO}")
+    count = sum(split in manifest["datasets"][d] for d in selected for split in (*SPLITS, VAL_SPLIT))
+    print(f"p2d-data: registered {count} local entries{hub} in {output_dir / DATASET_INFO}")
     return 0
 
 
