@@ -12,6 +12,7 @@ LAYERS = (
     ("data",),
     ("adapter",),
     ("report",),
+    ("checks",),
     ("assets",),
     ("board",),
     ("integration", "_autoload", "cli", "__init__"),
