@@ -13,5 +13,5 @@ llamafactory-cli train "$YAML" "$@"
 if [ ! -f "$BASE/generated_predictions.jsonl" ]; then  # the untrained model on the same problems, once
   llamafactory-cli train "$YAML" do_train=false output_dir="$BASE"
 fi
-p2d-eval "$RUN" --baseline "$BASE"
+p2d-eval "$RUN" --baseline "$BASE" --baseline-label untrained
 echo "[quickstart] results in $RUN (adapter, p2d_heads.json, p2d_heads.png, p2d_eval.json)"

@@ -276,11 +276,11 @@ def test_baseline_is_scored_the_same_way_and_shown_side_by_side(tmp_path, capsys
         )
     )
     (run / "p2d_timings.json").write_text(json.dumps({"head_identification_seconds": 95.25, "training_seconds": 4.5}))
-    assert main([str(run), "--baseline", str(base)]) == 0
+    assert main([str(run), "--baseline", str(base), "--baseline-label", "untrained"]) == 0
     out = capsys.readouterr().out
     assert "EM on 4 held-out examples:" in out
-    assert f"  baseline   25.00   {base}" in out
-    assert f"  trained    75.00   {run}" in out
+    assert f"  untrained        25.00   {base}" in out
+    assert f"  trained          75.00   {run}" in out
     assert "trained 27 of 270 heads (q,o slices): 1,000 of 100,000 weights (1.00%), at learning rate 0.001" in out
     assert "time: head identification 95 s, training 4.5 s" in out
     report = json.loads((run / REPORT_FILE).read_text())

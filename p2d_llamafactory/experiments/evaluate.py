@@ -243,15 +243,15 @@ def _seconds(value: float) -> str:
     return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
-def comparison_lines(report: dict[str, Any]) -> list[str]:
+def comparison_lines(report: dict[str, Any], label_of_baseline: str = "baseline") -> list[str]:
     """The side-by-side summary of a run and its baseline, with what the run trained and its stage timings."""
     run_dir = Path(report["predictions_file"]).parent
     label = METRICS[report["metric"]].label
     baseline = report["baseline"]
     lines = [
         f"{label} on {report['num_predictions']} held-out examples:",
-        f"  baseline  {baseline['score']:6.2f}   {Path(baseline['predictions_file']).parent}",
-        f"  trained   {report['score']:6.2f}   {run_dir}",
+        f"  {label_of_baseline:<16}{baseline['score']:6.2f}   {Path(baseline['predictions_file']).parent}",
+        f"  {'trained':<16}{report['score']:6.2f}   {run_dir}",
     ]
     record = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).is_file() else None
     if record:
@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="another run's predictions on the same examples (e.g. the untrained model), scored the same way and "
         "shown side by side",
     )
+    parser.add_argument(
+        "--baseline-label", default="baseline", help="what the baseline is, in the output (default: %(default)s)"
+    )
     return parser
 
 
@@ -317,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"p2d-eval: {summary_line(report, written)}")
     if args.baseline is not None:
-        print("\n".join(comparison_lines(report)))
+        print("\n".join(comparison_lines(report, args.baseline_label)))
     return 0
 
 
