@@ -4,7 +4,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
@@ -84,6 +84,18 @@ def as_lora(finetuning_args: FinetuningArguments) -> FinetuningArguments:
     return clone
 
 
+def as_lora_for_training(training_args: Any) -> None:
+    """What LLaMA-Factory's parser sets for LoRA only and a p2d_heads run (a PeftModel too) needs as well:
+    ``label_names`` (the PeftModel's forward hides ``labels``) and, under DDP, ``ddp_find_unused_parameters=False``
+    (with LLaMA-Factory's reentrant gradient checkpointing, DDP otherwise marks a parameter ready twice)."""
+    from transformers.training_args import ParallelMode
+
+    training_args.label_names = training_args.label_names or ["labels"]
+    if training_args.parallel_mode == ParallelMode.DISTRIBUTED and training_args.ddp_find_unused_parameters is None:
+        logger.info("P2D: set `ddp_find_unused_parameters` to False in DDP training, as LLaMA-Factory does for LoRA.")
+        training_args.ddp_find_unused_parameters = False
+
+
 def get_train_args(original, args=None):
     """Parse as usual, then run the P2D checks that need the model config, before anything is loaded."""
     model_args, data_args, training_args, finetuning_args, generating_args = original(args)
@@ -94,6 +106,7 @@ def get_train_args(original, args=None):
         check_model_for_p2d(model_args, finetuning_args, training_args.do_train)
         if training_args.do_train:
             scale_head_learning_rate(training_args, finetuning_args)
+            as_lora_for_training(training_args)
     elif training_args.do_train:
         check_head_sources(model_args, finetuning_args)
     check_data_selection(data_args, finetuning_args)
