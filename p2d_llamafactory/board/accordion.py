@@ -8,7 +8,7 @@ from .settings import SETTINGS, BoardSetting
 ROWS = (
     ("p2d_head_ratio", "p2d_head_modules", "p2d_head_selection", "p2d_fhi_samples", "p2d_fhi_steps"),
     ("p2d_data_selection", "p2d_data_ratio", "p2d_icl_scoring", "p2d_icl_instruction", "p2d_aer_estimate_steps"),
-    ("p2d_heads_file",),
+    ("p2d_heads_file", "p2d_head_lr_scale"),
 )
 
 

@@ -58,6 +58,16 @@ LOCALES: dict[str, dict[str, dict[str, str]]] = {
         ko=("FHI 스텝 수", "프록시의 전체 배치 스텝 수 (논문: 20)."),
         ja=("FHI ステップ数", "プロキシのフルバッチステップ数（論文：20）。"),
     ),
+    "p2d_head_lr_scale": _texts(
+        en=("Head LR scale", "The head slices train at learning rate × this (default 10; 1: the rate as given)."),
+        ru=(
+            "Масштаб LR голов",
+            "Срезы голов обучаются со скоростью learning rate × это (по умолчанию 10; 1: как задано).",
+        ),
+        zh=("注意力头学习率倍数", "注意力头切片的学习率为 learning rate × 此值（默认 10；1：按原值）。"),
+        ko=("헤드 학습률 배수", "헤드 슬라이스는 learning rate × 이 값으로 학습합니다 (기본 10; 1: 그대로)."),
+        ja=("ヘッド学習率倍率", "ヘッドスライスは learning rate × この値で学習します（既定 10；1：そのまま）。"),
+    ),
     "p2d_heads_file": _texts(
         en=("Heads file", "Optional: reuse the head set of a p2d_heads.json instead of identifying heads."),
         ru=("Файл голов", "Необязательно: использовать набор голов из p2d_heads.json вместо их поиска."),

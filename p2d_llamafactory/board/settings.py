@@ -5,12 +5,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.prompts import BUILTIN_STYLES
-from ..hparams import DEFAULT_HEAD_MODULES, HEAD_MODULES, P2DArguments, default_of, p2d_fields
+from ..hparams import DEFAULT_HEAD_MODULES, HEAD_MODULES, P2DArguments, default_of, keys_of_stage, p2d_fields
 from ..methods import DATA_SELECTIONS, HEAD_SELECTIONS, ICL_SCORINGS
 
 
 # the accordion's groups, from each key's concern (hparams.STAGES)
-_GROUPS = {"heads": "heads", "proxy": "heads", "adaptation": "heads", "selection": "data", "aer": "data"}
+_GROUPS = {"heads": "heads", "proxy": "heads", "adaptation": "adaptation", "selection": "data", "aer": "data"}
 _GROUPS["probing"] = "icl"
 
 
@@ -33,7 +33,8 @@ class BoardSetting:
 
     @property
     def group(self) -> str:
-        """heads: the head set (stage I / III); data: data selection (stage II) and AER; icl: probing."""
+        """heads: the head set (stage I); adaptation: the slices that train (stage III, p2d_heads runs only);
+        data: data selection (stage II) and AER; icl: probing."""
         stage = next(f.metadata["stage"] for f in p2d_fields() if f.name == self.key)
         return _GROUPS[stage]
 
@@ -45,6 +46,7 @@ SETTINGS = (
     BoardSetting("p2d_fhi_samples", "integer"),
     BoardSetting("p2d_fhi_steps", "integer"),
     BoardSetting("p2d_heads_file", "text"),
+    BoardSetting("p2d_head_lr_scale", "number"),
     BoardSetting("p2d_data_selection", "choice", DATA_SELECTIONS),
     BoardSetting("p2d_data_ratio", "number"),
     BoardSetting("p2d_icl_scoring", "choice", ICL_SCORINGS),
@@ -85,8 +87,9 @@ def _convert(setting: BoardSetting, value: Any) -> Any:
 def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, Any]:
     """The ``p2d_*`` keys a Train-tab run gets from the accordion's ``values`` (key -> widget value).
 
-    Head keys go to runs that train heads (``p2d_heads``) or select data with them (``p2d``); data keys to runs
-    that select data; probing keys to the two probing methods. Empty texts are left out (LLaMA-Factory's
+    Head keys go to runs that train heads (``p2d_heads``) or select data with them (``p2d``); adaptation keys (the
+    slices, their learning-rate scale) to ``p2d_heads`` runs only; data keys to runs that select data; probing keys
+    to the two probing methods. Empty texts are left out (LLaMA-Factory's
     command drops them too), but an empty module choice stays, for validation to refuse; ``p2d_aer_estimate_steps``
     0 means off.
     """
@@ -98,7 +101,7 @@ def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, 
     if selection != "none":
         groups.update(("data", "icl") if selection in ("p2d", "data_whisperer") else ("data",))
     if finetuning_type == "p2d_heads":
-        groups.add("data")
+        groups.update(("data", "adaptation"))
     args = {
         s.key: converted[s.key]
         for s in SETTINGS
@@ -109,7 +112,7 @@ def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, 
     if not args.get("p2d_aer_estimate_steps"):
         args.pop("p2d_aer_estimate_steps", None)
     if args.get("p2d_heads_file"):  # a given head set replaces identification
-        for key in ("p2d_head_selection", "p2d_fhi_samples", "p2d_fhi_steps"):
+        for key in ("p2d_head_selection", *keys_of_stage("proxy")):
             args.pop(key, None)
     return args
 
