@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.examples import demo_examples
-from tests.helpers.tiny import build_tokenizer, save_model
+from tests.helpers.tiny import FAMILIES, build_tokenizer, save_model
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,9 +25,9 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
-    """Saved tiny models: ``llama`` (GQA), ``qwen2`` (q/k/v biases, GQA), ``llama_mha``."""
+    """Saved tiny models: one per family in ``FAMILIES`` (see ``tiny_config``), plus ``llama_mha`` (no GQA)."""
     root = tmp_path_factory.mktemp("models")
-    return {kind: save_model(kind, tiny_tokenizer, root / kind) for kind in ("llama", "qwen2", "llama_mha")}
+    return {kind: save_model(kind, tiny_tokenizer, root / kind) for kind in (*FAMILIES, "llama_mha")}
 
 
 @pytest.fixture(scope="session")

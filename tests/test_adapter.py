@@ -11,7 +11,7 @@ from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.adapter.config import slice_targets
 from p2d_llamafactory.heads.layout import find_attention_layout, layout_from_config
 from p2d_llamafactory.hparams import heads_to_select
-from tests.helpers.tiny import build_model, lm_batch, random_ids, train_like
+from tests.helpers.tiny import FAMILIES, build_model, lm_batch, random_ids, train_like
 
 
 SELECTED = [(0, 1), (0, 3), (2, 0)]  # GQA: heads 1 and 3 of layer 0 use KV heads 0 and 1; head 0 uses KV head 0
@@ -45,7 +45,26 @@ def test_paper_trainable_share_on_qwen25_7b_shape():
     assert [t.rank * layout.hidden_size for t in targets] == [128 * 3584, 128 * 3584]  # q rows == o columns
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def _expected_changes(config) -> dict[str, tuple[str, set[int]]]:
+    """Which rows (q/k/v) and columns (o) of which weights SELECTED with all four slices may change, from the
+    config alone: heads 1 and 3 of layer 0 (KV heads 0 and 1) and head 0 of layer 2 (KV head 0). Phi-3's q, k and
+    v rows are blocks of its fused qkv_proj, in that order."""
+    d, q_rows = config.head_dim, config.num_attention_heads * config.head_dim
+    kv_rows = config.num_key_value_heads * config.head_dim
+    rows = lambda heads, offset=0: {offset + r for h in heads for r in range(h * d, (h + 1) * d)}
+    expected = {}
+    for layer, heads, kv in ((0, [1, 3], [0, 1]), (2, [0], [0])):
+        prefix = f"model.layers.{layer}.self_attn"
+        expected[f"{prefix}.o_proj.weight"] = ("cols", rows(heads))
+        if config.model_type == "phi3":
+            fused = rows(heads) | rows(kv, q_rows) | rows(kv, q_rows + kv_rows)
+            expected[f"{prefix}.qkv_proj.weight"] = ("rows", fused)
+        else:
+            expected.update({f"{prefix}.{p}_proj.weight": ("rows", rows(heads if p == "q" else kv)) for p in "qkv"})
+    return expected
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_only_the_selected_slices_train(tiny_tokenizer, kind):
     base = build_model(kind, tiny_tokenizer)
     layout = find_attention_layout(base)
@@ -54,8 +73,9 @@ def test_only_the_selected_slices_train(tiny_tokenizer, kind):
     assert find_attention_layout(model) == layout  # the layout reads through the adapter layers
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert sum(p.numel() for p in trainable.values()) == count_slice_params(layout, SELECTED, ("q", "k", "v", "o"))
+    row_modules = ("qkv_proj",) if kind == "phi3" else ("q_proj", "k_proj", "v_proj")
     for name in trainable:
-        assert ("lora_A" in name) == any(f".{proj}." in name for proj in ("q_proj", "k_proj", "v_proj"))
+        assert ("lora_A" in name) == any(f".{proj}." in name for proj in row_modules)
         assert ("lora_B" in name) == (".o_proj." in name)
         assert ".layers.1." not in name
     optimizer = torch.optim.AdamW(trainable.values(), lr=1e-2, weight_decay=0.1)
@@ -67,23 +87,12 @@ def test_only_the_selected_slices_train(tiny_tokenizer, kind):
     assert len(optimizer.state) == len(trainable)
     assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
     merged = model.merge_and_unload()
-    d = layout.head_dim
     changed = {}
     for (name, new), (_, old) in zip(merged.named_parameters(), reference.named_parameters(), strict=True):
         diff = (new != old).nonzero()
         if len(diff):
             changed[name] = diff
-    rows = lambda heads: {r for h in heads for r in range(h * d, (h + 1) * d)}
-    expected = {
-        "model.layers.0.self_attn.q_proj.weight": ("rows", rows([1, 3])),
-        "model.layers.0.self_attn.k_proj.weight": ("rows", rows([0, 1])),
-        "model.layers.0.self_attn.v_proj.weight": ("rows", rows([0, 1])),
-        "model.layers.0.self_attn.o_proj.weight": ("cols", rows([1, 3])),
-        "model.layers.2.self_attn.q_proj.weight": ("rows", rows([0])),
-        "model.layers.2.self_attn.k_proj.weight": ("rows", rows([0])),
-        "model.layers.2.self_attn.v_proj.weight": ("rows", rows([0])),
-        "model.layers.2.self_attn.o_proj.weight": ("cols", rows([0])),
-    }
+    expected = _expected_changes(reference.config)
     assert set(changed) == set(expected)  # biases, MLPs, norms, embeddings and other heads: bit-identical
     for name, (kind_, allowed) in expected.items():
         touched = {int(i) for i in changed[name][:, 0 if kind_ == "rows" else 1]}
@@ -118,7 +127,7 @@ torch.save(model(input_ids=ids).logits, sys.argv[4])
 """
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", FAMILIES)
 def test_saved_adapter_reproduces_logits_with_plain_peft_and_no_plugin(tiny_tokenizer, tiny_models, tmp_path, kind):
     from transformers import AutoModelForCausalLM
 

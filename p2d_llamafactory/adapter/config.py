@@ -14,9 +14,6 @@ from peft import LoraConfig, TaskType
 from ..heads.layout import AttentionLayout
 
 
-ROW_PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj"}
-
-
 @dataclass(frozen=True)
 class SliceTarget:
     """The slice of one linear layer that trains: output rows (q/k/v) or input columns (o)."""
@@ -30,31 +27,34 @@ class SliceTarget:
         return len(self.index)
 
 
-def _span(blocks: list[int], size: int) -> tuple[int, ...]:
-    return tuple(i for block in blocks for i in range(block * size, (block + 1) * size))
+def _span(blocks: list[int], size: int, offset: int = 0) -> tuple[int, ...]:
+    return tuple(offset + i for block in blocks for i in range(block * size, (block + 1) * size))
 
 
 def slice_targets(
     layout: AttentionLayout, selected: list[tuple[int, int]], modules: tuple[str, ...]
 ) -> list[SliceTarget]:
-    """The trainable slices of the selected heads; under GQA a head's k/v rows are those of its KV head."""
+    """The trainable slices of the selected heads; under GQA a head's k/v rows are those of its KV head.
+
+    With a fused ``qkv_proj`` the q, k and v rows of a layer are one target (one LoRA module) whose rows are the
+    union of the three blocks, each at its offset inside the fused weight.
+    """
     by_layer: dict[int, list[int]] = {}
     for layer, head in selected:
         by_layer.setdefault(layer, []).append(head)
     targets = []
     for layer in sorted(by_layer):
         heads = sorted(set(by_layer[layer]))
-        groups = sorted({layout.kv_head(h) for h in heads})
+        kv_heads = sorted({layout.kv_head(h) for h in heads})
         prefix = layout.attention_modules[layer]
+        slices: dict[str, list[int]] = {}  # module -> rows (q/k/v) or columns (o), in the order of ``modules``
         for name in modules:
-            if name == "q":
-                targets.append(SliceTarget(f"{prefix}.q_proj", "rows", _span(heads, layout.head_dim)))
-            elif name in ("k", "v"):
-                targets.append(
-                    SliceTarget(f"{prefix}.{ROW_PROJECTIONS[name]}", "rows", _span(groups, layout.head_dim))
-                )
-            elif name == "o":
-                targets.append(SliceTarget(f"{prefix}.o_proj", "cols", _span(heads, layout.head_dim)))
+            slot = layout.slot(name)
+            owners = heads if name in ("q", "o") else kv_heads
+            slices.setdefault(slot.module, []).extend(_span(owners, layout.head_dim, slot.offset))
+        for module, index in slices.items():
+            kind = "cols" if module == "o_proj" else "rows"
+            targets.append(SliceTarget(f"{prefix}.{module}", kind, tuple(sorted(index))))
     return targets
 
 

@@ -1,19 +1,23 @@
 """Restricted attention sums: attention mass from query tokens to each demonstration, selected heads only.
 
-A registered transformers attention function runs the model's fast SDPA attention as usual and, while a
-probe is active, additionally computes softmax(q k^T) for just the selected heads and just the query-token
-rows of the prefill pass, reduced at once to one number per demonstration. No attention probabilities of
-all layers and heads are ever materialised, and decoding steps cost nothing extra.
+A registered transformers attention function runs the model's own attention as usual (its eager function when
+the model runs eager, as Gemma 2 needs for logit soft-capping; SDPA otherwise) and, while a probe is active,
+additionally computes softmax(q k^T) for just the selected heads and just the query-token rows of the prefill
+pass, reduced at once to one number per demonstration. It sees what the model's attention sees: queries and
+keys after RoPE and any per-head norm (Qwen3, Gemma 3), the layer's own scaling, its sliding-window mask, and
+its soft-cap. No attention probabilities of all layers and heads are ever materialised, and decoding steps cost
+nothing extra.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 
 ATTENTION_NAME = "p2d_probe"
@@ -34,7 +38,15 @@ class AttentionProbe:
         self.spans = spans
         self.mass = torch.zeros(len(rows), max(len(s) for s in spans), dtype=torch.float64)
 
-    def observe(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling):
+    def observe(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float | None,
+        softcap: float | None = None,
+    ) -> None:
         heads = self.heads_by_layer.get(getattr(module, "layer_idx", -1))
         if not heads:
             return
@@ -46,6 +58,8 @@ class AttentionProbe:
         for b, (rows, spans) in enumerate(zip(self.rows, self.spans)):
             rows = rows.to(query.device)
             scores = query[b, q_heads][:, rows].float() @ key[b, k_heads].float().transpose(-1, -2) * scale
+            if softcap:
+                scores = torch.tanh(scores / softcap) * softcap
             keep = _keep_mask(mask, b, rows, length, query.device)
             probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1)
             column_mass = torch.cumsum(probs.sum(dim=(0, 1)).double(), dim=0)
@@ -63,12 +77,16 @@ def _keep_mask(mask: torch.Tensor | None, b: int, rows: torch.Tensor, length: in
 
 
 _ACTIVE: AttentionProbe | None = None
+_EAGER = False  # while probing: run the attention module's own eager function (else SDPA)
 
 
 def probe_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """SDPA attention that also feeds the active probe during prefill (more than one query position)."""
+    """The model's attention that also feeds the active probe during prefill (more than one query position)."""
     if _ACTIVE is not None and query.shape[2] > 1:
-        _ACTIVE.observe(module, query, key, attention_mask, scaling)
+        _ACTIVE.observe(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
+    if _EAGER:
+        forward = _eager_forward(module)
+        return forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
     )
@@ -78,16 +96,32 @@ AttentionInterface.register(ATTENTION_NAME, probe_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
+def _eager_forward(attention: nn.Module) -> Callable:
+    """The eager attention function of the attention module's own modeling file (e.g. with Gemma 2's soft-cap)."""
+    forward = getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)
+    if forward is None:
+        raise ValueError(f"{type(attention).__name__} runs eager attention but defines no eager_attention_forward.")
+    return forward
+
+
 @contextmanager
 def probing(model: nn.Module, probe: AttentionProbe) -> Iterator[AttentionProbe]:
-    """Route ``model``'s attention through ``probe_attention`` with ``probe`` active."""
-    global _ACTIVE
+    """Route ``model``'s attention through ``probe_attention`` with ``probe`` active.
+
+    A model configured for eager attention keeps its eager function and masks, and so does a model with attention
+    logit soft-capping (Gemma 2), which SDPA cannot compute; any other implementation (SDPA, flash, flex) runs as
+    SDPA while probing, the same math.
+    """
+    global _ACTIVE, _EAGER
     config = model.config
     previous = config._attn_implementation
+    text_config = getattr(config, "text_config", None) or config
+    eager = previous == "eager" or getattr(text_config, "attn_logit_softcapping", None) is not None
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask if eager else sdpa_mask)
     config._attn_implementation = ATTENTION_NAME
-    _ACTIVE = probe
+    _ACTIVE, _EAGER = probe, eager
     try:
         yield probe
     finally:
-        _ACTIVE = None
+        _ACTIVE, _EAGER = None, False
         config._attn_implementation = previous

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layout import AttentionLayout, projection_weights
+from .layout import AttentionLayout, layer_parameters, projection_weights, split_projections
 
 
 def composite_flat(q_w: torch.Tensor, k_w: torch.Tensor, v_w: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
@@ -100,7 +100,8 @@ def gradient_scores(
     progress: bool = True,
 ) -> torch.Tensor:
     """SNIP-style sensitivity: |W * dL/dW| summed over each head's slices, with L the mean token loss."""
-    params = [w for layer in range(layout.num_layers) for w in projection_weights(model, layout, layer).values()]
+    per_layer = [layer_parameters(model, layout, layer) for layer in range(layout.num_layers)]
+    params = [w for weights in per_layer for w in weights.values()]
     flags = [p.requires_grad for p in params]
     grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     was_training = model.training
@@ -117,11 +118,10 @@ def gradient_scores(
             p.requires_grad_(flag)
         model.train(was_training)
     scores = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
-    names = ("q", "k", "v", "o")
-    for layer in range(layout.num_layers):
-        chunk = slice(4 * layer, 4 * layer + 4)
-        snip = {n: (p.detach().float() * g).abs() for n, p, g in zip(names, params[chunk], grads[chunk])}
-        scores[layer] = slice_magnitudes(snip, layout).double().cpu()
+    grads_iter = iter(grads)
+    for layer, weights in enumerate(per_layer):
+        snip = {name: (w.detach().float() * next(grads_iter)).abs() for name, w in weights.items()}
+        scores[layer] = slice_magnitudes(split_projections(snip, layout), layout).double().cpu()
     return scores
 
 

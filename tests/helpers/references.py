@@ -1,7 +1,8 @@
 """Independent reference computations the tests compare the package against.
 
 Each one is written from the definition, head by head, and reads the model's ``q_proj``/``k_proj``/``v_proj``/
-``o_proj`` weights and its config directly: none of them uses ``p2d_llamafactory``.
+``o_proj`` weights (for Phi-3, the q/k/v parts of ``qkv_proj`` as its modeling code splits them) and its config
+directly: none of them uses ``p2d_llamafactory``.
 """
 
 import numpy as np
@@ -15,6 +16,22 @@ def _geometry(model, head: int) -> tuple[int, int]:
     return config.head_dim, head // group_size
 
 
+def linear_names(attention) -> tuple[str, ...]:
+    """The attention module's linear layers: q/k/v/o, or Phi-3's fused qkv and o."""
+    return ("qkv_proj", "o_proj") if hasattr(attention, "qkv_proj") else ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def split_qkv(weights: dict[str, torch.Tensor], config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The q, k and v matrices (out x in) from one layer's weights by module name; Phi-3's qkv_proj is split the
+    way Phi3Attention splits its output."""
+    if "qkv_proj" not in weights:
+        return weights["q_proj"], weights["k_proj"], weights["v_proj"]
+    q_rows = config.num_attention_heads * config.head_dim
+    kv_rows = config.num_key_value_heads * config.head_dim
+    fused = weights["qkv_proj"]
+    return fused[:q_rows], fused[q_rows : q_rows + kv_rows], fused[q_rows + kv_rows :]
+
+
 def head_distribution_np(model, layer: int, head: int, temperature: float) -> np.ndarray:
     """P_h = Softmax(Flatten(Wq_h (Wk_g^T Wv_g)) / tau) of one query head, in numpy float64.
 
@@ -23,10 +40,11 @@ def head_distribution_np(model, layer: int, head: int, temperature: float) -> np
     """
     d, g = _geometry(model, head)
     attention = model.model.layers[layer].self_attn
-    weight = lambda proj: getattr(attention, proj).weight.detach().double().numpy()
-    wq = weight("q_proj")[head * d : (head + 1) * d].T
-    wk = weight("k_proj")[g * d : (g + 1) * d].T
-    wv = weight("v_proj")[g * d : (g + 1) * d].T
+    weights = {n: getattr(attention, n).weight.detach().double() for n in linear_names(attention)}
+    q, k, v = (w.numpy() for w in split_qkv(weights, model.config))
+    wq = q[head * d : (head + 1) * d].T
+    wk = k[g * d : (g + 1) * d].T
+    wv = v[g * d : (g + 1) * d].T
     logits = (wq @ (wk.T @ wv)).ravel() / temperature
     e = np.exp(logits - logits.max())
     return e / e.sum()
@@ -45,14 +63,15 @@ def snip_head_scores(model, batch: dict[str, torch.Tensor]) -> np.ndarray:
     """
     config = model.config
     layers = model.model.layers
-    weights = [
-        getattr(layer.self_attn, proj).weight for layer in layers for proj in ("q_proj", "k_proj", "v_proj", "o_proj")
-    ]
+    names = linear_names(layers[0].self_attn)
+    weights = [getattr(layer.self_attn, proj).weight for layer in layers for proj in names]
     grads = torch.autograd.grad(model(**batch).loss, weights)
     snip = [(w.detach().double() * g.double()).abs() for w, g in zip(weights, grads)]
     scores = np.zeros((len(layers), config.num_attention_heads))
     for layer in range(len(layers)):
-        q, k, v, o = snip[4 * layer : 4 * layer + 4]
+        per_module = dict(zip(names, snip[len(names) * layer : len(names) * (layer + 1)]))
+        q, k, v = split_qkv(per_module, config)
+        o = per_module["o_proj"]
         for head in range(config.num_attention_heads):
             d, g = _geometry(model, head)
             rows, kv_rows = slice(head * d, (head + 1) * d), slice(g * d, (g + 1) * d)
@@ -87,11 +106,11 @@ def exact_w1(p: np.ndarray, q: np.ndarray) -> float:
 def eager_attention_mass(model, ids, mask, heads_by_layer, rows, spans) -> torch.Tensor:
     """Attention mass from the query ``rows`` of each batch row onto each of its key ``spans``, summed over the
     given heads, from the eager attention weights (``output_attentions=True``): (batch, spans) in float64."""
-    model.config._attn_implementation = "eager"
+    previous, model.config._attn_implementation = model.config._attn_implementation, "eager"
     try:
         attentions = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
     finally:
-        model.config._attn_implementation = "sdpa"
+        model.config._attn_implementation = previous
     expected = torch.zeros(len(rows), max(len(s) for s in spans), dtype=torch.float64)
     for layer, heads in heads_by_layer.items():
         for b in range(len(rows)):

@@ -32,9 +32,27 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 400):
     return fast
 
 
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")  # one tiny model per decoder family
+LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention"]
+
+
 def tiny_config(kind: str, vocab_size: int):
-    """``llama``: GQA (4 query heads, 2 KV heads); ``qwen2``: q/k/v biases, GQA; ``llama_mha``: no GQA."""
-    from transformers import LlamaConfig, Qwen2Config
+    """A 3-layer model of each family, GQA (4 query heads, 2 KV heads) unless named otherwise.
+
+    ``llama``; ``llama_mha``: no GQA; ``qwen2``: q/k/v biases; ``qwen3``: per-head q/k RMSNorm; ``mistral``: a
+    sliding window shorter than the test inputs; ``gemma2``: head_dim 24 != hidden / heads, logit soft-capping
+    (strong, so that it matters), sliding-window and full layers; ``gemma3``: the same geometry with per-head q/k
+    norms and no soft-cap; ``phi3``: one fused ``qkv_proj``.
+    """
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     common = dict(
         vocab_size=vocab_size,
@@ -50,13 +68,20 @@ def tiny_config(kind: str, vocab_size: int):
         eos_token_id=3,
         bos_token_id=None,
     )
-    if kind == "llama":
-        return LlamaConfig(**common)
-    if kind == "llama_mha":
-        return LlamaConfig(**{**common, "num_key_value_heads": 4})
-    if kind == "qwen2":
-        return Qwen2Config(**common)
-    raise ValueError(kind)
+    gemma = dict(common, head_dim=24, query_pre_attn_scalar=24, sliding_window=8, layer_types=LAYER_TYPES)
+    configs = {
+        "llama": lambda: LlamaConfig(**common),
+        "llama_mha": lambda: LlamaConfig(**{**common, "num_key_value_heads": 4}),
+        "qwen2": lambda: Qwen2Config(**common),
+        "qwen3": lambda: Qwen3Config(**common),
+        "mistral": lambda: MistralConfig(**common, sliding_window=8),
+        "gemma2": lambda: Gemma2Config(**gemma, attn_logit_softcapping=2.0, final_logit_softcapping=30.0),
+        "gemma3": lambda: Gemma3TextConfig(**gemma),
+        "phi3": lambda: Phi3Config(**common),
+    }
+    if kind not in configs:
+        raise ValueError(kind)
+    return configs[kind]()
 
 
 def build_model(kind: str, tokenizer, seed: int = 0):
@@ -66,7 +91,7 @@ def build_model(kind: str, tokenizer, seed: int = 0):
     model = AutoModelForCausalLM.from_config(tiny_config(kind, len(tokenizer)))
     with torch.no_grad():  # larger attention weights than the default init, so head scores differ clearly
         for name, param in model.named_parameters():
-            if "self_attn" in name and name.endswith("weight"):
+            if "self_attn" in name and name.endswith("_proj.weight"):
                 param.normal_(0.0, 0.2)
     return model.eval()
 
