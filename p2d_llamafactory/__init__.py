@@ -12,3 +12,14 @@ __version__ = "0.1.0"
 
 SUPPORTED_LLAMAFACTORY_VERSIONS = ("0.9.5",)
 DISABLE_ENV = "P2D_LLAMAFACTORY_DISABLE"
+
+# The Python API (``p2d_llamafactory.api``, names in its ``__all__``), importable from the package itself. Loaded on
+# first use, so that ``import p2d_llamafactory`` (run by the .pth file at every interpreter start) imports no torch.
+def __getattr__(name: str):
+    if not name.startswith("_") and name != "api":
+        import importlib
+
+        api = importlib.import_module(f"{__name__}.api")
+        if name in api.__all__:
+            return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,13 +44,17 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
         layout = layout_from_config(config)
     except UnsupportedModelError as err:
         raise ValueError(f"`finetuning_type: p2d_heads` cannot slice this model's heads: {err}") from None
-    if heads_to_select(finetuning_args.p2d_head_ratio, layout.total_heads) < 1:
-        minimum = 0.5 / layout.total_heads
-        raise ValueError(
-            f"`p2d_head_ratio: {finetuning_args.p2d_head_ratio}` selects 0 of the {layout.total_heads} heads of this "
-            f"model; use a value in [{minimum:.4g}, 1]."
-        )
+    check_head_ratio(finetuning_args.p2d_head_ratio, layout)
     check_head_sources(model_args, finetuning_args, config, layout)
+
+
+def check_head_ratio(ratio: float, layout: Any) -> None:
+    """``p2d_head_ratio`` must select at least one head of this model."""
+    if heads_to_select(ratio, layout.total_heads) < 1:
+        raise ValueError(
+            f"`p2d_head_ratio: {ratio}` selects 0 of the {layout.total_heads} heads of this model; use a value in "
+            f"[{0.5 / layout.total_heads:.4g}, 1]."
+        )
 
 
 def _task_config(path: str) -> Any:

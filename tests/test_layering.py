@@ -13,6 +13,7 @@ LAYERS = (
     ("adapter",),
     ("report",),
     ("checks",),
+    ("api",),  # the Python API: stages I-III and the AER, outside the CLI
     ("assets",),
     ("board",),
     ("integration", "_autoload", "cli", "__init__"),

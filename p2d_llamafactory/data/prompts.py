@@ -4,6 +4,7 @@ Each segment is tokenized on its own and the ids are concatenated, so the record
 construction: no offsets guessed from re-tokenizing text, no off-by-one from BOS tokens or padding.
 """
 
+import hashlib
 from dataclasses import dataclass, field
 
 
@@ -24,6 +25,14 @@ class Example:
     index: int
     prompt: str
     response: str
+
+
+def examples_fingerprint(examples: list[Example]) -> str:
+    """A short hash of the examples' prompt and response texts, in order: stage II's data identity."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(example.prompt.encode() + b"\0" + example.response.encode() + b"\1")
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """Patches of ``llamafactory.model.adapter``: build the P2D head-slice adapter in ``init_adapter``."""
 
 import logging
-from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -53,25 +52,14 @@ def setup_p2d_heads(model, model_args, finetuning_args):
 
 
 def write_run_record(training_args, finetuning_args, layout, head_set, total_params: int) -> None:
-    """``p2d_run.json``: what stage III trains (heads, slices, weights share, the learning rate it trains at)."""
+    """``p2d_run.json`` of this run, in its output dir."""
     from ..adapter import count_slice_params
-    from ..io import atomic_write_json
-    from ..report.aer import RUN_FILE
+    from ..report.aer import write_run_record as write
 
-    trainable = count_slice_params(layout, head_set.selected, finetuning_args.head_modules)
-    record = {
-        "finetuning_type": "p2d_heads",
-        "heads": len(head_set.selected),
-        "total_heads": layout.total_heads,
-        "head_selection": head_set.method,
-        "head_modules": list(finetuning_args.head_modules),
-        "trainable_params": trainable,
-        "total_params": total_params,
-        "trainable_share": trainable / total_params,
-        "learning_rate": training_args.learning_rate,
-        "p2d_head_lr_scale": finetuning_args.p2d_head_lr_scale,
-    }
-    atomic_write_json(Path(training_args.output_dir) / RUN_FILE, record)
+    modules = finetuning_args.head_modules
+    trainable = count_slice_params(layout, head_set.selected, modules)
+    args = (training_args.learning_rate, finetuning_args.p2d_head_lr_scale)
+    write(training_args.output_dir, head_set, layout.total_heads, modules, trainable, total_params, *args)
 
 
 def init_adapter(original, config, model, model_args, finetuning_args, is_trainable):

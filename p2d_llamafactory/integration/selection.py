@@ -1,7 +1,6 @@
 """Stage II inside LLaMA-Factory: from the aligned training split (after conversion and the eval split,
 before tokenization) to the selected subset, with stage I first when p2d selection needs the run's heads."""
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -10,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..data.prompts import Example
+from ..data.prompts import Example, examples_fingerprint
 from ..data.report import write_selection_report
 from ..data.select import SelectionInputs, check_selection, select_examples
 from ..heads.layout import layout_from_config
@@ -36,16 +35,6 @@ def aligned_examples(dataset) -> list[Example]:
         prompt = "\n\n".join(str(turn.get("content", "")) for turn in row["_prompt"])
         examples.append(Example(index, prompt, str(response[0]["content"])))
     return examples
-
-
-def _fingerprint(examples: list[Example]) -> str:
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(example.prompt.encode())
-        digest.update(b"\0")
-        digest.update(example.response.encode())
-        digest.update(b"\1")
-    return digest.hexdigest()[:16]
 
 
 def _model_loader(model_args, device) -> Callable[[], torch.nn.Module]:
@@ -98,7 +87,7 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
         head_set=head_set,
         output_dir=Path(training_args.output_dir),
         model_name=model_name,
-        data_fingerprint=_fingerprint(examples),
+        data_fingerprint=examples_fingerprint(examples),
         progress=not training_args.disable_tqdm,
     )
     frame = inputs.frame

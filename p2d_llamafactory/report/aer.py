@@ -20,6 +20,32 @@ INHERITED_PREFIX = "inherited_"  # p2d_timings.json keys of costs paid by anothe
 TRAIN_RESULTS_FILES = ("train_results.json", "all_results.json")  # LLaMA-Factory's, with train_runtime
 
 
+def write_run_record(
+    output_dir: str | Path,
+    head_set: Any,
+    total_heads: int,
+    head_modules: tuple[str, ...],
+    trainable_params: int,
+    total_params: int,
+    learning_rate: float,
+    lr_scale: float,
+) -> None:
+    """``p2d_run.json``: what stage III trains (heads, slices, weights share, the learning rate it trains at)."""
+    record = {
+        "finetuning_type": "p2d_heads",
+        "heads": len(head_set.selected),
+        "total_heads": total_heads,
+        "head_selection": head_set.method,
+        "head_modules": list(head_modules),
+        "trainable_params": trainable_params,
+        "total_params": total_params,
+        "trainable_share": trainable_params / total_params,
+        "learning_rate": learning_rate,
+        "p2d_head_lr_scale": lr_scale,
+    }
+    atomic_write_json(Path(output_dir) / RUN_FILE, record)
+
+
 def read_record(path: Path) -> dict[str, Any]:
     try:
         data = read_json(path)

@@ -73,9 +73,7 @@ class P2DTimingCallback(TrainerCallback):
             return
         training = self.elapsed()
         record_timings(args.output_dir, {"training_seconds": training})
-        timings = read_timings(args.output_dir)
-        selection = {key: float(timings[key]) for key in SELECTION_KEYS if key in timings}
-        inherited = {key: float(v) for key, v in timings.items() if key.startswith(INHERITED_PREFIX)}
+        selection, inherited = split_timings(read_timings(args.output_dir))
         line: dict[str, Any] = {
             f"p2d_{key}": value for key, value in {**selection, "training_seconds": training}.items()
         }
@@ -111,20 +109,36 @@ class P2DTimingCallback(TrainerCallback):
                 break
         steps = [batches[i : i + micro] for i in range(0, len(batches), micro)][-request.estimate_steps :]
         model = request.load_full_model()
-        seconds, tokens = time_full_steps(model, steps, request.learning_rate)
-        del model
-        full_tokens = request.full_data_tokens()
-        per_token = seconds / tokens
-        inputs = {
-            "estimate_steps": len(steps),
-            "timed_tokens": tokens,
-            "timed_seconds": seconds,
-            "seconds_per_token": per_token,
-            "full_data_tokens": full_tokens,
-            "epochs": request.epochs,
-            "formula": "t_fft_seconds = seconds_per_token * full_data_tokens * epochs",
-        }
-        return per_token * full_tokens * request.epochs, "estimated", inputs
+        try:
+            return estimate_t_fft(model, steps, request.learning_rate, request.full_data_tokens(), request.epochs)
+        finally:
+            del model
+
+
+def estimate_t_fft(
+    model: nn.Module, steps: Sequence[Sequence[dict[str, torch.Tensor]]], lr: float, full_tokens: int, epochs: float
+) -> tuple[float, str, dict[str, Any]]:
+    """t_FFT from timed full-parameter steps (:func:`time_full_steps`), extrapolated per token to the full data:
+    (seconds, "estimated", the inputs of the formula)."""
+    seconds, tokens = time_full_steps(model, steps, lr)
+    per_token = seconds / tokens
+    inputs = {
+        "estimate_steps": len(steps),
+        "timed_tokens": tokens,
+        "timed_seconds": seconds,
+        "seconds_per_token": per_token,
+        "full_data_tokens": full_tokens,
+        "epochs": epochs,
+        "formula": "t_fft_seconds = seconds_per_token * full_data_tokens * epochs",
+    }
+    return per_token * full_tokens * epochs, "estimated", inputs
+
+
+def split_timings(timings: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """The selection stages this run paid for, and the inherited ones (a heads file's stage I), from p2d_timings."""
+    selection = {key: float(timings[key]) for key in SELECTION_KEYS if key in timings}
+    inherited = {key: float(v) for key, v in timings.items() if key.startswith(INHERITED_PREFIX)}
+    return selection, inherited
 
 
 def time_full_steps(
