@@ -15,10 +15,12 @@ DISABLE_ENV = "P2D_LLAMAFACTORY_DISABLE"
 
 # The Python API (``p2d_llamafactory.api``, names in its ``__all__``), importable from the package itself. Loaded on
 # first use, so that ``import p2d_llamafactory`` (run by the .pth file at every interpreter start) imports no torch.
+# Submodule names are left to the import system (``from . import methods`` asks for the attribute first).
 def __getattr__(name: str):
-    if not name.startswith("_") and name != "api":
-        import importlib
+    import importlib
+    import importlib.util
 
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is None:
         api = importlib.import_module(f"{__name__}.api")
         if name in api.__all__:
             return getattr(api, name)
