@@ -38,7 +38,8 @@ TUNING_RATES = {
     "random_heads": ("0.001", "0.01", "0.003"),
 }
 TUNE = sorted(f"tune__{a}__lr{lr}" for a, rates in TUNING_RATES.items() for lr in rates)
-COUNT = 156 + 2 * 13  # the paper's cells, and the tuning cells of smollm2-cpu on dialogsum and bioinstruct
+SEEDS = (4242, 4343, 4444)  # the paper's; the cells of the later seeds carry the suffix __s<seed>
+COUNT = 156 * 3 + 2 * 13  # the paper's cells per seed, and the tuning cells of smollm2-cpu (dialogsum, bioinstruct)
 
 
 @pytest.fixture
@@ -64,12 +65,13 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_cell_counts_and_names(files):
-    assert len(files) == COUNT  # 2 models x 3 datasets x (20 main + 6 ratio-ablation) cells, + 2 x 13 tuning cells
+    assert len(files) == COUNT  # 2 models x 3 datasets x 3 seeds x (20 main + 6 ratio-ablation), + 2 x 13 tuning
     for model in MODELS:
         for dataset in DATASETS:
             paper = [p for p in files if p.startswith(f"{model}/{dataset}/") and p.count("/") == 2]
             names = sorted(p.split("/")[2][: -len(".yaml")] for p in paper)
-            assert names == sorted(MAIN + ABLATIONS)
+            suffixes = ["", *(f"__s{seed}" for seed in SEEDS[1:])]
+            assert names == sorted(name + suffix for name in MAIN + ABLATIONS for suffix in suffixes)
             tune = sorted(p.split("/")[3][: -len(".yaml")] for p in files if p.startswith(f"{model}/{dataset}/tune/"))
             tuned = model == "smollm2-cpu" and dataset in ("dialogsum", "bioinstruct")
             assert tune == (TUNE if tuned else [])
@@ -372,7 +374,9 @@ def test_more_seeds_add_suffixed_cells(tmp_path):
     seeded = yaml.safe_load(files["smollm2-cpu/gsm8k/ifd__p2d_heads__s4343.yaml"])
     assert seeded["seed"] == seeded["p2d_seed"] == 4343
     assert seeded["p2d_heads_file"] == "saves/smollm2-cpu/gsm8k/p2d__p2d_heads__s4343/p2d_heads.json"
-    assert seeded["p2d_aer_reference"] == "saves/smollm2-cpu/gsm8k/full_data__full__s4343"
+    # t_FFT is a cost, measured once: every seed's AER divides by the first seed's full fine-tuning run
+    assert seeded["p2d_aer_reference"] == "saves/smollm2-cpu/gsm8k/full_data__full"
+    assert "p2d_aer_reference" not in yaml.safe_load(files["smollm2-cpu/gsm8k/full_data__full__s4343.yaml"])
 
 
 def test_p2d_keys_come_from_the_dataclasses(monkeypatch):

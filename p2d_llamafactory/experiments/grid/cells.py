@@ -166,15 +166,16 @@ def _heads_file(spec: GridSpec, cell: GridCell, planned: dict[str, GridCell]) ->
 
 
 def _aer_reference(spec: GridSpec, cell: GridCell, method: dict[str, Any]) -> str | None:
-    """The output_dir of the cell's t_FFT run (``aer_reference_from``), or None for that run itself and for the
-    tuning cells (a validation score needs no AER)."""
+    """The output_dir of the cell's t_FFT run (``aer_reference_from``) of the model's first seed, or None for that
+    run itself and for the tuning cells (a validation score needs no AER). t_FFT is a cost, the same for every
+    seed, so one full fine-tuning run per (model, dataset) measures it; its later seeds only add ceiling scores."""
     if (
         cell.is_tuning
         or spec.aer_reference_from is None
         or (cell.selection, cell.adaptation) == spec.aer_reference_from
     ):
         return None
-    reference = GridCell(cell.model, cell.dataset, *spec.aer_reference_from, {}, cell.seed, cell.seed_suffix)
+    reference = GridCell(cell.model, cell.dataset, *spec.aer_reference_from, {}, cell.seed, seed_suffix="")
     if method.get("p2d_aer_estimate_steps") is not None:
         raise GridSpecError(
             f"cell {cell.name}: p2d_aer_estimate_steps and aer_reference_from both give t_FFT; keep one."
