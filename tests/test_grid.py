@@ -33,7 +33,7 @@ MODELS = ("qwen2.5-7b", "smollm2-cpu")
 DATASETS = ("gsm8k", "dialogsum", "bioinstruct")
 TUNING_RATES = {
     "p2d_heads": ("0.001", "0.0001", "0.003", "0.01"),
-    "full": ("0.0001", "3e-05", "1e-05"),
+    "full": ("0.0001", "3e-05", "0.0003"),
     "lora": ("0.0003", "0.001", "0.0001"),
     "random_heads": ("0.001", "0.01", "0.003"),
 }
