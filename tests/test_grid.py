@@ -401,14 +401,13 @@ def test_p2d_keys_come_from_the_dataclasses(monkeypatch):
 
 
 def test_model_adaptation_overrides_come_after_the_adaptation(files):
-    # the committed spec gives every adaptation of the CPU twin its own rate, for now the current one
+    # the committed spec gives every adaptation of the CPU twin its own tuned rate (docs/tuning.md)
     spec = load_spec(SPEC)
     twin = next(model for model in spec.models if model.name == "smollm2-cpu")
-    assert twin.adaptation_layers == {
-        name: {"train": {"learning_rate": 1e-4}} for name in ("full", "random_heads", "lora", "p2d_heads")
-    }
-    assert "tuned values: docs/tuning.md (pending)" in SPEC.read_text()
-    assert _load(files, "smollm2-cpu", "gsm8k", "p2d__lora")["learning_rate"] == 1e-4
+    tuned = {"full": 1e-4, "random_heads": 3e-3, "lora": 3e-4, "p2d_heads": 3e-3}
+    assert twin.adaptation_layers == {name: {"train": {"learning_rate": lr}} for name, lr in tuned.items()}
+    for adaptation, lr in tuned.items():
+        assert _load(files, "smollm2-cpu", "gsm8k", f"p2d__{adaptation}")["learning_rate"] == lr
     assert _load(files, "qwen2.5-7b", "gsm8k", "p2d__lora")["learning_rate"] == 2e-5
 
     data = _spec_data()
