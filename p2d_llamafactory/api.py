@@ -224,7 +224,8 @@ def identify_heads(
 
     Takes the stage I keys of the YAML (``p2d_head_ratio``, ``p2d_head_selection``, ``p2d_heads_file``,
     ``p2d_seed``, ``p2d_fhi_samples``, ``p2d_fhi_steps``, ``p2d_fhi_lr``, ``p2d_temperature``, ``p2d_task_model``),
-    with the same defaults. ``model`` is left as it is: the proxy is a float32 copy. ``micro_batch_size`` only bounds
+    with the same defaults, and ``p2d_fhi_trainable``. ``model`` is left as it is (the proxy is a float32 copy, or
+    float32 q/k/v copies swapped in for the proxy steps and out again). ``micro_batch_size`` only bounds
     memory (the proxy's steps are full-batch). ``model_name`` (default: the model's ``name_or_path``) is recorded.
 
     With ``output_dir``, writes ``p2d_heads.json``, ``p2d_heads.png`` and the time in ``p2d_timings.json``, as

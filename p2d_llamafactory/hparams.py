@@ -27,6 +27,7 @@ from .methods import (
 
 
 HEAD_MODULES = ("q", "k", "v", "o")
+FHI_TRAINABLE = ("all", "attention")  # what the FHI proxy trains: every parameter (the paper's) or q/k/v only
 HEAD_LR_SCALE = 10.0  # default p2d_head_lr_scale (docs/tuning.md)
 DEFAULT_HEAD_MODULES = ("q", "o")
 _MODULE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
@@ -186,6 +187,14 @@ class ProxyArguments:
         "proxy",
         ("heads",),
     )
+    p2d_fhi_trainable: Literal[FHI_TRAINABLE] = p2d_field(
+        "all",
+        "What the Fast Head Identification proxy trains: all (a float32 copy of every parameter, the paper's) or "
+        "attention (float32 copies of the q/k/v projections only, every other weight shared with the base model "
+        "and frozen: fits large models beside their base).",
+        "proxy",
+        ("heads",),
+    )
     p2d_temperature: float = p2d_field(
         0.1, "Softmax temperature tau of the head-scoring distributions.", "proxy", ("heads",)
     )
@@ -194,6 +203,8 @@ class ProxyArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.p2d_fhi_trainable not in FHI_TRAINABLE:
+            raise _choice_error("p2d_fhi_trainable", self.p2d_fhi_trainable, FHI_TRAINABLE)
         _positive_int(self, "p2d_fhi_samples", "p2d_fhi_steps")
         for key in ("p2d_fhi_lr", "p2d_temperature"):
             if not float(getattr(self, key)) > 0:

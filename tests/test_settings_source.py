@@ -32,6 +32,7 @@ OTHER_VALUES = {
     "p2d_fhi_samples": 50,
     "p2d_fhi_steps": 3,
     "p2d_fhi_lr": 1e-4,
+    "p2d_fhi_trainable": "attention",
     "p2d_temperature": 0.5,
     "p2d_task_model": "some/task-model",
     "p2d_data_selection": "ifd",
@@ -77,6 +78,7 @@ def test_identity_keys_come_from_field_metadata():
         "p2d_fhi_samples",
         "p2d_fhi_steps",
         "p2d_fhi_lr",
+        "p2d_fhi_trainable",
         "p2d_temperature",
         "p2d_task_model",
     )

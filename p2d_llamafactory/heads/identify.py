@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hparams import P2DArguments, heads_to_select, identity
+from ..hparams import P2DArguments, default_of, heads_to_select, identity, identity_keys
 from ..methods import DATA_SCORERS, PROXY_SCORERS
 from .headset import HEADS_FILE, HEATMAP_FILE, HeadSet
 from .heatmap import plot_head_heatmap
 from .layout import AttentionLayout, find_attention_layout
-from .proxy import count_label_tokens, make_batches, sample_indices, train_proxy
+from .proxy import count_label_tokens, make_batches, micro_batch_tokens, sample_indices, train_proxy
+from .proxy_memory import check_proxy_fits
 from .scoring import gradient_scores, random_scores, select_top, weight_scores
 
 
@@ -80,9 +81,15 @@ def _reusable(path: Path, settings: dict[str, Any], layout: AttentionLayout) -> 
         previous = HeadSet.load(path)
     except ValueError:
         return None
-    if previous.settings != settings or previous.shape != layout.shape():
+    if _with_later_keys(previous.settings) != settings or previous.shape != layout.shape():
         return None
     return previous
+
+
+def _with_later_keys(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded stage I identity, with the identity keys declared after it was written read as their defaults
+    (the behaviour before the key existed), so that a new key does not invalidate every finished stage I."""
+    return {**{key: default_of(key) for key in identity_keys("heads") if key not in recorded}, **recorded}
 
 
 def plan_identification(
@@ -176,9 +183,7 @@ def identify_heads(
         if args.p2d_task_model is not None:
             other = _load_task_model(args.p2d_task_model, device)
         else:
-            batches = make_batches(examples, inputs.collate, inputs.micro_batch_size, device)
-            other, proxy_loss = train_proxy(model, batches, args.p2d_fhi_steps, args.p2d_fhi_lr, inputs.progress)
-            del batches
+            other, proxy_loss = _train_proxy(model, device, examples, inputs, args, layout)
         timings["proxy_seconds"] = time.perf_counter() - start
         score_start = time.perf_counter()
         scores = weight_scores(model, other, layout, method, args.p2d_temperature, inputs.progress)
@@ -207,6 +212,22 @@ def identify_heads(
         logger.info("P2D: wrote %s and %s", out_path, HEATMAP_FILE)
     logger.info("P2D: stage I done in %.1f s", timings["total_seconds"])
     return head_set
+
+
+def _train_proxy(
+    model: nn.Module,
+    device: torch.device,
+    examples: list[dict[str, Any]],
+    inputs: FHIInputs,
+    args: P2DArguments,
+    layout: AttentionLayout,
+) -> tuple[nn.Module, list[float]]:
+    """The FHI proxy of ``model``, once its memory estimate fits beside the model (else refused, before any
+    allocation)."""
+    check_proxy_fits(model, layout, args.p2d_fhi_trainable, micro_batch_tokens(examples, inputs.micro_batch_size))
+    batches = make_batches(examples, inputs.collate, inputs.micro_batch_size, device)
+    steps, lr = args.p2d_fhi_steps, args.p2d_fhi_lr
+    return train_proxy(model, batches, steps, lr, inputs.progress, args.p2d_fhi_trainable, layout)
 
 
 def check_scores(scores: torch.Tensor, args: P2DArguments) -> None:

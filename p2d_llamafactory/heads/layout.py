@@ -96,7 +96,7 @@ class AttentionLayout:
         return asdict(self)
 
 
-def _text_config(config: Any) -> Any:
+def text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
@@ -124,7 +124,7 @@ def find_attention_layout(model: nn.Module) -> AttentionLayout:
         UnsupportedModelError: no module has separate ``q_proj``/``k_proj``/``v_proj``/``o_proj`` linear layers,
             or their shapes do not agree with the config's head geometry.
     """
-    config = _text_config(getattr(model, "config", None))
+    config = text_config(getattr(model, "config", None))
     model_type = getattr(config, "model_type", type(model).__name__)
     if model_type not in SUPPORTED_FAMILIES:
         raise UnsupportedModelError(
