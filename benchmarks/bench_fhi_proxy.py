@@ -30,6 +30,7 @@ from bench_common import load_model, load_tokenizer, model_folder
 from scipy.stats import spearmanr
 
 from p2d_llamafactory.api import tokenize_examples
+from p2d_llamafactory.assets.published import PUBLISHED_MODELS, published_config
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.proxy import make_batches, micro_batch_tokens, sample_indices, train_proxy
 from p2d_llamafactory.heads.proxy_memory import proxy_memory, proxy_memory_from_config
@@ -38,42 +39,6 @@ from p2d_llamafactory.hparams import heads_to_select
 
 
 MiB = 2**20
-LARGE_MODELS = {  # published sizes (model cards / config.json), untied embeddings
-    "Qwen2.5-7B": (
-        "Qwen2Config",
-        dict(
-            hidden_size=3584,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            intermediate_size=18944,
-            vocab_size=152064,
-        ),
-    ),
-    "Llama-3-8B": (
-        "LlamaConfig",
-        dict(
-            hidden_size=4096,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            intermediate_size=14336,
-            vocab_size=128256,
-        ),
-    ),
-    "Qwen3-8B": (
-        "Qwen3Config",
-        dict(
-            hidden_size=4096,
-            num_hidden_layers=36,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=128,
-            intermediate_size=12288,
-            vocab_size=151936,
-        ),
-    ),
-}
 
 
 def parse_args() -> argparse.Namespace:
@@ -204,7 +169,6 @@ def part_one(args: argparse.Namespace) -> dict:
 
 
 def part_two(args: argparse.Namespace) -> dict:
-    import transformers
 
     tokens = args.large_tokens
     print(
@@ -217,8 +181,8 @@ def part_two(args: argparse.Namespace) -> dict:
     )
     print("|---|---:|---:|---|---:|---:|---|---|")
     report = {}
-    for name, (config_class, sizes) in LARGE_MODELS.items():
-        config = getattr(transformers, config_class)(**sizes, tie_word_embeddings=False)
+    for name in PUBLISHED_MODELS:
+        config = published_config(name)
         full = proxy_memory_from_config(config, "all", 0)
         base = 2 * full.parameters
         for mode in ("all", "attention"):

@@ -9,6 +9,7 @@ import torch
 
 from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.adapter.config import slice_targets
+from p2d_llamafactory.assets.published import published_config
 from p2d_llamafactory.heads.layout import find_attention_layout, layout_from_config
 from p2d_llamafactory.hparams import heads_to_select
 from tests.helpers.tiny import FAMILIES, build_model, lm_batch, random_ids, train_like
@@ -18,18 +19,7 @@ SELECTED = [(0, 1), (0, 3), (2, 0)]  # GQA: heads 1 and 3 of layer 0 use KV head
 
 
 def test_paper_trainable_share_on_qwen25_7b_shape():
-    from transformers import Qwen2Config
-
-    config = Qwen2Config(
-        vocab_size=152064,
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        max_position_embeddings=32768,
-        tie_word_embeddings=False,
-    )
+    config = published_config("Qwen2.5-7B")
     layout = layout_from_config(config)
     from transformers import AutoModelForCausalLM
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
+from p2d_llamafactory.assets.published import PUBLISHED_MODELS, published_config
 from p2d_llamafactory.heads import identify as identify_module
 from p2d_llamafactory.heads import proxy as proxy_module
 from p2d_llamafactory.heads import proxy_memory as memory_module
@@ -347,48 +348,18 @@ def test_the_attention_estimate_counts_what_the_proxy_trains(kind, rows, tiny_to
 
 
 def test_estimates_of_published_models_from_their_configs():
-    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
-
-    qwen25 = Qwen2Config(
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    )
-    llama3 = LlamaConfig(
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=14336,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-    )
-    qwen3 = Qwen3Config(
-        hidden_size=4096,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        intermediate_size=12288,
-        vocab_size=151936,
-        tie_word_embeddings=False,
-    )
-    published = {"qwen25": 7_615_616_512, "llama3": 8_030_261_248, "qwen3": 8_190_735_360}  # model cards
-    qkv = {
-        "qwen25": 28 * (3584 * 3584 + 3584 + 2 * (512 * 3584 + 512)),
-        "llama3": 32 * (4096 * 4096 + 2 * 1024 * 4096),
-        "qwen3": 36 * (4096 * 4096 + 2 * 1024 * 4096),
+    qkv = {  # q rows (+ Qwen2's biases) and the k, v rows of the KV heads, per layer
+        "Qwen2.5-7B": 28 * (3584 * 3584 + 3584 + 2 * (512 * 3584 + 512)),
+        "Llama-3-8B": 32 * (4096 * 4096 + 2 * 1024 * 4096),
+        "Qwen3-8B": 36 * (4096 * 4096 + 2 * 1024 * 4096),
     }
-    for name, config in {"qwen25": qwen25, "llama3": llama3, "qwen3": qwen3}.items():
+    for name, (_, _, published) in PUBLISHED_MODELS.items():
+        config = published_config(name)
         full = proxy_memory_from_config(config, "all", 0)
         lean = proxy_memory_from_config(config, "attention", 0)
-        assert full.parameters == published[name] and full.state_bytes == 16 * published[name]
+        assert full.parameters == published and full.state_bytes == 16 * published  # the model cards' counts
         assert lean.parameters == qkv[name] and lean.state_bytes == 16 * qkv[name]
-        assert full.state_bytes > 80e9 > lean.state_bytes + 2 * published[name]  # bf16 base + q/k/v proxy fit 80 GB
+        assert full.state_bytes > 80e9 > lean.state_bytes + 2 * published  # bf16 base + q/k/v proxy fit 80 GB
 
 
 def _estimates(inputs):

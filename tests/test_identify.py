@@ -189,19 +189,3 @@ def test_gradient_scores_the_fhi_sample_without_a_proxy(fhi, monkeypatch):
     assert head_set.selected == top_heads(expected, 3) and head_set.proxy_loss == []
     first_six = snip_head_scores(inputs.model, inputs.collate(inputs.examples[:6]))
     assert not np.allclose(first_six, expected)  # the seeded sample, not just any 6 examples
-
-
-def test_proxy_is_freed_before_identify_returns(fhi, monkeypatch):
-    import weakref
-
-    refs = []
-    real = identify_module.train_proxy
-
-    def tracked(*args, **kwargs):
-        proxy, losses = real(*args, **kwargs)
-        refs.append(weakref.ref(proxy))
-        return proxy, losses
-
-    monkeypatch.setattr(identify_module, "train_proxy", tracked)
-    identify_heads(fhi(output_dir=None), P2DArguments(p2d_fhi_samples=4, p2d_fhi_steps=1, p2d_fhi_lr=1e-3))
-    assert len(refs) == 1 and refs[0]() is None
