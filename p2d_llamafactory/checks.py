@@ -3,6 +3,7 @@ config alone, before any data or weights load and before anything is written. ``
 from its ``get_train_args`` / ``get_infer_args`` wrappers."""
 
 import logging
+import os
 from typing import Any
 
 from .hparams import heads_to_select
@@ -46,6 +47,17 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
         raise ValueError(f"`finetuning_type: p2d_heads` cannot slice this model's heads: {err}") from None
     check_head_ratio(finetuning_args.p2d_head_ratio, layout)
     check_head_sources(model_args, finetuning_args, config, layout)
+
+
+def check_fsdp(training_args: Any) -> None:
+    """``p2d_heads`` training under FSDP is refused: plain DDP and DeepSpeed ZeRO-0/1/2 are the tested ways to train
+    on several devices (FSDP would flatten the frozen one-hot factors together with the trainable ones)."""
+    fsdp = getattr(training_args, "fsdp", None)
+    if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ValueError(
+            "`finetuning_type: p2d_heads` does not support FSDP (`fsdp` / accelerate's FSDP plugin); train with plain "
+            "DDP (FORCE_TORCHRUN=1) or DeepSpeed ZeRO stages 0-2 (`deepspeed: yaml_examples/deepspeed/ds_z2_config.json`)."
+        )
 
 
 def check_head_ratio(ratio: float, layout: Any) -> None:

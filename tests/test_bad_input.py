@@ -277,3 +277,17 @@ def test_a_stale_lock_from_a_killed_run_is_taken_over(tmp_path):
     )
     with OutputDirLock(tmp_path, command="new") as lock:
         assert lock.owned and json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("how", ["fsdp key", "accelerate plugin"])
+def test_fsdp_training_of_head_slices_is_refused_before_anything_loads(make_args, tmp_path, monkeypatch, how):
+    args = make_args(fsdp="full_shard", use_cpu=True) if how == "fsdp key" else make_args()
+    if how == "accelerate plugin":
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"does not support FSDP .*plain DDP .*ZeRO stages 0-2"):
+        parse_train_args(args)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    parse_train_args(
+        make_args(fsdp="full_shard", use_cpu=True, finetuning_type="lora", p2d_head_ratio=None)
+    )  # other methods: LF's

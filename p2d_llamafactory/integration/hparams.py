@@ -12,6 +12,7 @@ from ..checks import (
     check_adapters,
     check_aer,
     check_data_selection,
+    check_fsdp,
     check_head_sources,
     check_model_for_p2d,
     check_output_dir,
@@ -105,6 +106,7 @@ def get_train_args(original, args=None):
     if finetuning_args.finetuning_type == "p2d_heads":
         check_model_for_p2d(model_args, finetuning_args, training_args.do_train)
         if training_args.do_train:
+            check_fsdp(training_args)
             scale_head_learning_rate(training_args, finetuning_args)
             as_lora_for_training(training_args)
     elif training_args.do_train:
