@@ -523,3 +523,39 @@ def test_tuning_on_the_test_split_is_refused(project, capsys):
     err = capsys.readouterr().err
     assert f"{path}: a tuning run" in err and "eval_dataset gsm8k_local_test, a test split" in err
     assert _calls(project) == [] and not (project / "report").exists()
+
+
+def test_results_archive_keeps_records_and_restores_finished_runs(tmp_path):
+    """scripts/results_archive.sh: save copies only the records of finished runs (no weights, no predictions);
+    restore puts them back without overwriting, and the sweep then counts the run as finished."""
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SPEC.parents[1] / "scripts" / "results_archive.sh", tmp_path / "scripts")
+    done, unfinished = (
+        tmp_path / "saves/smollm2-cpu/gsm8k/full_data__full",
+        tmp_path / "saves/smollm2-cpu/gsm8k/ifd__lora",
+    )
+    for run in (done, unfinished):
+        run.mkdir(parents=True)
+        (run / "p2d_eval.json").write_text('{"score": 50.0}')
+        (run / "model.safetensors").write_text("weights")
+        (run / "generated_predictions.jsonl").write_text('{"label": "an answer of the data set"}\n')
+    (done / "p2d_aer.json").write_text('{"aer": 1.0}')
+    (done / "p2d_timings.json").write_text('{"training_seconds": 12.5}')
+    script = ["bash", str(tmp_path / "scripts" / "results_archive.sh")]
+    subprocess.run([*script, "save"], check=True, capture_output=True)
+    archived = tmp_path / "docs/results/runs/smollm2-cpu/gsm8k"
+    assert sorted(p.name for p in (archived / "full_data__full").iterdir()) == [
+        "p2d_aer.json",
+        "p2d_eval.json",
+        "p2d_timings.json",
+    ]
+    assert not (archived / "ifd__lora").exists()  # no AER record: not finished
+    shutil.rmtree(tmp_path / "saves")
+    (done).mkdir(parents=True)
+    (done / "p2d_eval.json").write_text('{"score": 99.0}')  # a newer local record is kept
+    subprocess.run([*script, "restore"], check=True, capture_output=True)
+    assert json.loads((done / "p2d_eval.json").read_text())["score"] == 99.0
+    assert json.loads((done / "p2d_timings.json").read_text())["training_seconds"] == 12.5
+    assert not (done / "model.safetensors").exists()
