@@ -428,7 +428,9 @@ def apply_head_adapter(
         if rate is not None:
             trainable = count_slice_params(layout, head_set.selected, args.head_modules)
             scale = args.p2d_head_lr_scale
-            write_run_record(out, head_set, layout.total_heads, args.head_modules, trainable, total, rate, scale)
+            write_run_record(
+                out, "p2d_heads", head_set, layout.total_heads, args.head_modules, trainable, total, rate, scale
+            )
     return peft_model
 
 

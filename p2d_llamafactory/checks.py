@@ -20,42 +20,41 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
 
     from .heads.layout import UnsupportedModelError, layout_from_config
 
+    method = f"`finetuning_type: {finetuning_args.finetuning_type}`"
     if model_args.quantization_bit is not None:
         raise ValueError(
-            f"`finetuning_type: p2d_heads` trains weight slices of the full-precision model; `quantization_bit="
+            f"{method} trains per-head parameters of the full-precision model; `quantization_bit="
             f"{model_args.quantization_bit}` is not supported."
         )
     if do_train and model_args.adapter_name_or_path is not None:
         raise ValueError(
-            "`finetuning_type: p2d_heads` training starts from the base model; merge `adapter_name_or_path` first "
+            f"{method} training starts from the base model; merge `adapter_name_or_path` first "
             "(llamafactory-cli export) or continue a run with `resume_from_checkpoint`."
         )
     if model_args.use_unsloth or getattr(model_args, "use_kt", False):
-        raise ValueError("`finetuning_type: p2d_heads` does not support `use_unsloth` or `use_kt`.")
+        raise ValueError(f"{method} does not support `use_unsloth` or `use_kt`.")
     if not do_train:
         return
     if is_deepspeed_zero3_enabled():
-        raise ValueError("`finetuning_type: p2d_heads` supports DeepSpeed ZeRO stages 0-2, not ZeRO-3.")
+        raise ValueError(f"{method} supports DeepSpeed ZeRO stages 0-2, not ZeRO-3.")
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if getattr(config, "quantization_config", None) is not None:
-        raise ValueError(
-            f"`finetuning_type: p2d_heads` needs a full-precision model; {model_args.model_name_or_path} is quantized."
-        )
+        raise ValueError(f"{method} needs a full-precision model; {model_args.model_name_or_path} is quantized.")
     try:
         layout = layout_from_config(config)
     except UnsupportedModelError as err:
-        raise ValueError(f"`finetuning_type: p2d_heads` cannot slice this model's heads: {err}") from None
+        raise ValueError(f"{method} cannot find this model's heads: {err}") from None
     check_head_ratio(finetuning_args.p2d_head_ratio, layout)
     check_head_sources(model_args, finetuning_args, config, layout)
 
 
-def check_fsdp(training_args: Any) -> None:
-    """``p2d_heads`` training under FSDP is refused: plain DDP and DeepSpeed ZeRO-0/1/2 are the tested ways to train
+def check_fsdp(training_args: Any, finetuning_type: str = "p2d_heads") -> None:
+    """Per-head training under FSDP is refused: plain DDP and DeepSpeed ZeRO-0/1/2 are the tested ways to train
     on several devices (FSDP would flatten the frozen one-hot factors together with the trainable ones)."""
     fsdp = getattr(training_args, "fsdp", None)
     if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         raise ValueError(
-            "`finetuning_type: p2d_heads` does not support FSDP (`fsdp` / accelerate's FSDP plugin); train with plain "
+            f"`finetuning_type: {finetuning_type}` does not support FSDP (`fsdp` / accelerate's FSDP plugin); train with plain "
             "DDP (FORCE_TORCHRUN=1) or DeepSpeed ZeRO stages 0-2 (`deepspeed: yaml_examples/deepspeed/ds_z2_config.json`)."
         )
 
@@ -133,7 +132,8 @@ def check_data_selection(data_args: Any, finetuning_args: Any) -> None:
     if method == "p2d" and finetuning_args.finetuning_type != "p2d_heads" and finetuning_args.p2d_heads_file is None:
         raise ValueError(
             "`p2d_data_selection: p2d` needs a head set: use `finetuning_type: p2d_heads` (stage I finds the heads) "
-            "or set `p2d_heads_file`."
+            "or set `p2d_heads_file` (with `finetuning_type: lofit` too: LoFiT ranks its own heads for training, "
+            "not for selection)."
         )
 
 

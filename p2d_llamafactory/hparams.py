@@ -33,7 +33,7 @@ DEFAULT_HEAD_MODULES = ("q", "o")
 _MODULE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
 # concerns, in pipeline order: stage I (heads, proxy), stage III (adaptation), stage II (selection, probing), AER
 STAGES = ("heads", "proxy", "adaptation", "selection", "probing", "aer")
-IDENTITIES = ("heads", "selection")
+IDENTITIES = ("heads", "selection", "lofit")  # stage I, stage II, LoFiT's step 1
 
 
 class _FieldMetadata(dict):
@@ -145,7 +145,10 @@ class HeadArguments:
     r"""Which heads: how many, how they are scored, or a head set from elsewhere (stage I)."""
 
     p2d_head_ratio: float = p2d_field(
-        0.1, "Fraction of all attention heads to select and train (rho_P), in (0, 1].", "heads", ("heads",)
+        0.1,
+        "Fraction of all attention heads to select and train (rho_P), in (0, 1]; also LoFiT's head budget.",
+        "heads",
+        ("heads", "lofit"),
     )
     p2d_head_selection: Literal[HEAD_SELECTIONS] = p2d_field(
         "w1",
@@ -160,9 +163,9 @@ class HeadArguments:
     )
     p2d_seed: int = p2d_field(
         42,
-        "Seed of the FHI example sample, random head selection and data-selection sampling.",
+        "Seed of the FHI example sample, random head selection, data-selection sampling and LoFiT's initialisation.",
         "heads",
-        ("heads", "selection"),
+        ("heads", "selection", "lofit"),
     )
 
     def __post_init__(self) -> None:
@@ -241,6 +244,35 @@ class HeadAdaptationArguments:
     @property
     def head_modules(self) -> tuple[str, ...]:
         return parse_head_modules(self.p2d_head_modules)
+
+
+@dataclass
+class LofitArguments:
+    r"""LoFiT (``finetuning_type: lofit``): step 1 ranks heads by a learned output scaling, step 2 trains per-head
+    biases of the top ``p2d_head_ratio`` heads at ``learning_rate`` (stage III). Defaults: LoFiT's scripts."""
+
+    p2d_lofit_l1_lambda: float = p2d_field(
+        5e-4,
+        "LoFiT step 1: weight of the L1 penalty sum |A| on the per-head scalings (LoFiT's 5e-4).",
+        "adaptation",
+        ("lofit",),
+    )
+    p2d_lofit_select_lr: float = p2d_field(
+        5e-3, "LoFiT step 1: learning rate of the per-head scalings A (LoFiT's 5e-3).", "adaptation", ("lofit",)
+    )
+    p2d_lofit_select_epochs: float = p2d_field(
+        5.0,
+        "LoFiT step 1: epochs over the training data (LoFiT's 5); step 2 trains for `num_train_epochs`.",
+        "adaptation",
+        ("lofit",),
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("p2d_lofit_select_lr", "p2d_lofit_select_epochs"):
+            if not float(getattr(self, key)) > 0:
+                raise ValueError(f"`{key}` must be > 0; got {getattr(self, key)!r}.")
+        if not float(self.p2d_lofit_l1_lambda) >= 0:
+            raise ValueError(f"`p2d_lofit_l1_lambda` must be >= 0; got {self.p2d_lofit_l1_lambda!r}.")
 
 
 @dataclass
@@ -342,6 +374,7 @@ _CONCERNS = (
     AERArguments,
     ProbingArguments,
     DataSelectionArguments,
+    LofitArguments,
     HeadAdaptationArguments,
     ProxyArguments,
     HeadArguments,
@@ -369,7 +402,7 @@ class P2DArguments(*_CONCERNS):
     def uses_p2d(self) -> bool:
         """Whether any P2D feature is on (then the timing callback joins the run)."""
         return (
-            getattr(self, "finetuning_type", None) == "p2d_heads"
+            getattr(self, "finetuning_type", None) in ("p2d_heads", "lofit")
             or self.p2d_data_selection != "none"
             or self.p2d_aer_reference is not None
             or self.p2d_aer_estimate_steps is not None
@@ -382,6 +415,7 @@ class P2DArguments(*_CONCERNS):
 
     def _why_ineffective(self, key: str) -> str | None:
         trains_heads = getattr(self, "finetuning_type", None) == "p2d_heads"
+        lofit = getattr(self, "finetuning_type", None) == "lofit"
         selects = self.p2d_data_selection != "none"
         needs_heads = trains_heads or self.p2d_data_selection == "p2d"
         identifies = needs_heads and not self.p2d_heads_file
@@ -390,17 +424,26 @@ class P2DArguments(*_CONCERNS):
         stage = next(f.metadata["stage"] for f in p2d_fields(type(self)) if f.name == key)
         rules = {
             "p2d_head_ratio": (
-                identifies,
-                "no heads are identified (no p2d_heads training or p2d selection, or a heads file gives them)",
+                identifies or lofit,
+                "no heads are identified (no p2d_heads or lofit training or p2d selection, or a heads file gives "
+                "them)",
             ),
             "p2d_head_selection": (identifies, "no heads are identified"),
             "p2d_heads_file": (needs_heads, "nothing uses a head set (no p2d_heads training or p2d selection)"),
-            "p2d_seed": (identifies or selects, "nothing is sampled (no stage I, no data selection)"),
+            "p2d_seed": (
+                identifies or selects or lofit,
+                "nothing is sampled (no stage I, no data selection, no LoFiT)",
+            ),
             "p2d_fhi_samples": (
                 identifies and scorer in DATA_SCORERS and (scorer == "gradient" or proxy),
                 "no FHI examples are used",
             ),
             "p2d_task_model": (identifies and scorer in PROXY_SCORERS, "no w1/cosine heads are identified"),
+            **{
+                key: (lofit, "only `finetuning_type: lofit` uses it")
+                for key in keys_of_stage("adaptation")
+                if "lofit" in key
+            },
         }
         by_stage = {
             "proxy": (proxy, "no proxy is trained"),

@@ -87,6 +87,15 @@ ADAPTATIONS = _table(
     ),
     Method("lora", {"finetuning_type": "lora"}, "+ LoRA", "LoRA", "tab:blue", marker="^"),
     Method(
+        "lofit",
+        {"finetuning_type": "lofit"},
+        "+ LoFiT",
+        "LoFiT",
+        "tab:brown",
+        marker="D",
+        description="per-head output biases of the heads LoFiT's L1-penalised scaling ranks first",
+    ),
+    Method(
         "p2d_heads",
         {"finetuning_type": "p2d_heads", "p2d_head_selection": "w1"},
         "+ P2D",
@@ -116,7 +125,8 @@ ADAPTATIONS = _table(
 HEAD_ADAPTATIONS = tuple(name for name, m in ADAPTATIONS.items() if m.keys["finetuning_type"] == "p2d_heads")
 # Table 1's rows; the head-scorer ablations (``extra["ablation"]``) are reported only where runs exist
 TABLE1_ADAPTATIONS = tuple(name for name, m in ADAPTATIONS.items() if not m.extra.get("ablation"))
-FINETUNING_TYPES = ("lora", "oft", "freeze", "full", "p2d_heads")  # LLaMA-Factory's, plus P2D's
+FINETUNING_TYPES = ("lora", "oft", "freeze", "full", "p2d_heads", "lofit")  # LLaMA-Factory's, plus this plugin's
+HEAD_FINETUNING_TYPES = ("p2d_heads", "lofit")  # train per-head parameters, saved as standard PEFT LoRA adapters
 REPORTED_FINETUNING_TYPES = tuple(dict.fromkeys(m.keys["finetuning_type"] for m in ADAPTATIONS.values()))
 
 

@@ -111,7 +111,7 @@ def test_model_without_standard_attention_projections(make_args, tmp_path, tiny_
     )
     tiny_tokenizer.save_pretrained(model_dir)
     with pytest.raises(
-        ValueError, match=r"cannot slice this model's heads: model_type=gpt2 .*not a supported decoder"
+        ValueError, match=r"cannot find this model's heads: model_type=gpt2 .*not a supported decoder"
     ):
         parse_train_args(make_args(model=model_dir))
     assert not (tmp_path / "out").exists()

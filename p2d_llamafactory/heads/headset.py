@@ -10,6 +10,7 @@ from .layout import AttentionLayout
 
 HEADS_FILE = "p2d_heads.json"
 HEATMAP_FILE = "p2d_heads.png"
+LOFIT_HEADS_FILE = "p2d_lofit_heads.json"  # LoFiT's step 1 (finetuning_type: lofit), same format
 FORMAT_VERSION = 1
 
 

@@ -50,7 +50,7 @@ class FHIInputs:
         return self.model
 
 
-def _fingerprint(examples: Sequence[dict[str, Any]]) -> str:
+def tokenized_fingerprint(examples: Sequence[dict[str, Any]]) -> str:
     digest = hashlib.sha256()
     for example in examples:
         digest.update(repr((list(example["input_ids"]), list(example["labels"]))).encode())
@@ -105,7 +105,7 @@ def plan_identification(
                 args.p2d_fhi_samples,
             )
         sample = [examples[i] for i in sample_indices(len(examples), args.p2d_fhi_samples, args.p2d_seed)]
-    return sample, head_identity(args, model_name, _fingerprint(sample) if sample else None)
+    return sample, head_identity(args, model_name, tokenized_fingerprint(sample) if sample else None)
 
 
 def reusable_head_set(output_dir: str | None, settings: dict[str, Any], layout: AttentionLayout) -> HeadSet | None:

@@ -19,7 +19,7 @@ from ..checks import (
     scale_head_learning_rate,
 )
 from ..hparams import P2DArguments
-from ..methods import FINETUNING_TYPES
+from ..methods import FINETUNING_TYPES, HEAD_FINETUNING_TYPES
 from . import share_llamafactory_logging, wrap
 from .context import CURRENT
 
@@ -45,7 +45,10 @@ class P2DFinetuningArguments(FinetuningArguments, P2DArguments):
 
     finetuning_type: Literal[FINETUNING_TYPES] = field(
         default="lora",
-        metadata={"help": "Which fine-tuning method to use (p2d_heads: P2D sparse attention-head adaptation)."},
+        metadata={
+            "help": "Which fine-tuning method to use (p2d_heads: P2D sparse attention-head adaptation; lofit: LoFiT's "
+            "per-head biases)."
+        },
     )
 
     def __post_init__(self):
@@ -58,10 +61,10 @@ class P2DFinetuningArguments(FinetuningArguments, P2DArguments):
             raise ValueError(
                 f"`p2d_head_modules` only applies to `finetuning_type: p2d_heads` (got {self.finetuning_type!r})."
             )
-        if self.finetuning_type == "p2d_heads":
+        if self.finetuning_type in HEAD_FINETUNING_TYPES:
             self._check_p2d_heads_compatible()
         requested = self.finetuning_type
-        if requested == "p2d_heads":  # the base class validates the other options as for a non-LoRA method
+        if requested in HEAD_FINETUNING_TYPES:  # the base class validates the other options as for a non-LoRA method
             self.finetuning_type = "freeze"
         try:
             FinetuningArguments.__post_init__(self)
@@ -69,13 +72,12 @@ class P2DFinetuningArguments(FinetuningArguments, P2DArguments):
             self.finetuning_type = requested
 
     def _check_p2d_heads_compatible(self) -> None:
+        method = f"`finetuning_type: {self.finetuning_type}`"
         if self.stage not in P2D_STAGES:
-            raise ValueError(
-                f"`finetuning_type: p2d_heads` supports `stage` {', '.join(P2D_STAGES)}; got {self.stage!r}."
-            )
+            raise ValueError(f"{method} supports `stage` {', '.join(P2D_STAGES)}; got {self.stage!r}.")
         for key, neutral in _INCOMPATIBLE.items():
             if getattr(self, key) != neutral:
-                raise ValueError(f"`{key}` cannot be combined with `finetuning_type: p2d_heads`.")
+                raise ValueError(f"`{key}` cannot be combined with {method}.")
 
 
 def as_lora(finetuning_args: FinetuningArguments) -> FinetuningArguments:
@@ -103,11 +105,12 @@ def get_train_args(original, args=None):
     check_adapters(model_args)
     if finetuning_args.uses_p2d:
         check_output_dir(training_args.output_dir)
-    if finetuning_args.finetuning_type == "p2d_heads":
+    if finetuning_args.finetuning_type in HEAD_FINETUNING_TYPES:
         check_model_for_p2d(model_args, finetuning_args, training_args.do_train)
         if training_args.do_train:
-            check_fsdp(training_args)
-            scale_head_learning_rate(training_args, finetuning_args)
+            check_fsdp(training_args, finetuning_args.finetuning_type)
+            if finetuning_args.finetuning_type == "p2d_heads":
+                scale_head_learning_rate(training_args, finetuning_args)
             as_lora_for_training(training_args)
     elif training_args.do_train:
         check_head_sources(model_args, finetuning_args)
@@ -124,14 +127,14 @@ def get_infer_args(original, args=None):
     """Parse as usual; P2D adapters load for chat/export like LoRA adapters."""
     model_args, data_args, finetuning_args, generating_args = original(args)
     check_adapters(model_args)
-    if finetuning_args.finetuning_type == "p2d_heads":
+    if finetuning_args.finetuning_type in HEAD_FINETUNING_TYPES:
         check_model_for_p2d(model_args, finetuning_args, do_train=False)
     return model_args, data_args, finetuning_args, generating_args
 
 
 def _verify_model_args(original, model_args, data_args, finetuning_args):
-    """Let ``finetuning_type: p2d_heads`` load adapters as LoRA does."""
-    if finetuning_args.finetuning_type == "p2d_heads":
+    """Let ``finetuning_type: p2d_heads`` / ``lofit`` load adapters as LoRA does."""
+    if finetuning_args.finetuning_type in HEAD_FINETUNING_TYPES:
         finetuning_args = as_lora(finetuning_args)
     return original(model_args, data_args, finetuning_args)
 

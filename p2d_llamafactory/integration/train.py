@@ -43,7 +43,7 @@ def run_sft(original, model_args, data_args, training_args, finetuning_args, gen
             learning_rate=training_args.learning_rate,
         )
         callbacks = [*(callbacks or []), P2DTimingCallback(request)]
-    if finetuning_args.finetuning_type == "p2d_heads":
+    if finetuning_args.finetuning_type in ("p2d_heads", "lofit"):
         from ..adapter.artifact import HeadsFileCallback
 
         callbacks = [*(callbacks or []), HeadsFileCallback()]

@@ -22,6 +22,7 @@ TRAIN_RESULTS_FILES = ("train_results.json", "all_results.json")  # LLaMA-Factor
 
 def write_run_record(
     output_dir: str | Path,
+    finetuning_type: str,
     head_set: Any,
     total_heads: int,
     head_modules: tuple[str, ...],
@@ -32,7 +33,7 @@ def write_run_record(
 ) -> None:
     """``p2d_run.json``: what stage III trains (heads, slices, weights share, the learning rate it trains at)."""
     record = {
-        "finetuning_type": "p2d_heads",
+        "finetuning_type": finetuning_type,
         "heads": len(head_set.selected),
         "total_heads": total_heads,
         "head_selection": head_set.method,

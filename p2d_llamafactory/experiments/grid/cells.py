@@ -183,12 +183,24 @@ def _aer_reference(spec: GridSpec, cell: GridCell, method: dict[str, Any]) -> st
     return f"{spec.output_root}/{cell.model}/{cell.dataset}/{reference.name}"
 
 
+LOFIT_PREFIX = "p2d_lofit_"
+
+
+def _is_lofit(adaptation: str) -> bool:
+    return methods.ADAPTATIONS[adaptation].keys["finetuning_type"] == "lofit"
+
+
 def _kept(cell: GridCell, own_w1_stage1: bool, selects: bool) -> dict[str, bool]:
     """Key -> whether the cell keeps it: the keys of a concern stay only in the cells that use it."""
     selection_keys = [key for key in hparams.keys_of_stage("selection") if key not in CELL_KEYS]
+    adaptation_keys = hparams.keys_of_stage("adaptation")
+    lofit = _is_lofit(cell.adaptation)
     return {
         **dict.fromkeys(hparams.keys_of_stage("proxy"), own_w1_stage1),
-        **dict.fromkeys(hparams.keys_of_stage("adaptation"), cell.adaptation in HEAD_ADAPTATION_NAMES),
+        **{
+            key: lofit if key.startswith(LOFIT_PREFIX) else cell.adaptation in HEAD_ADAPTATION_NAMES
+            for key in adaptation_keys
+        },
         **dict.fromkeys(selection_keys, selects),
         **dict.fromkeys(_LORA_KEYS, cell.adaptation == "lora"),
         **dict.fromkeys(
@@ -223,9 +235,9 @@ def resolve_cell(
     aer_reference = _aer_reference(spec, cell, method)
 
     method["finetuning_type"] = adaptation_keys["finetuning_type"]
-    if head_adaptation:
+    if head_adaptation or _is_lofit(cell.adaptation):  # LoFiT's head budget is P2D's
         method["p2d_head_ratio"] = cell.overrides.get("p2d_head_ratio", spec.budget["p2d_head_ratio"])
-        if heads_file is None:
+        if heads_file is None and head_adaptation:
             method["p2d_head_selection"] = adaptation_keys["p2d_head_selection"]
     if heads_file is not None:
         method["p2d_heads_file"] = heads_file
@@ -234,7 +246,7 @@ def resolve_cell(
     if data_selection != "none":
         method["p2d_data_selection"] = data_selection
         method["p2d_data_ratio"] = cell.overrides.get("p2d_data_ratio", spec.budget["p2d_data_ratio"])
-    if data_selection != "none" or head_adaptation:
+    if data_selection != "none" or head_adaptation or _is_lofit(cell.adaptation):
         method["p2d_seed"] = cell.seed
     if cell.is_tuning and head_adaptation:
         method["p2d_head_lr_scale"] = 1.0  # the swept rate is the slices' own rate
