@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 SUPPORTED_LLAMAFACTORY_VERSIONS = ("0.9.5",)
 DISABLE_ENV = "P2D_LLAMAFACTORY_DISABLE"
 
+
 # The Python API (``p2d_llamafactory.api``, names in its ``__all__``), importable from the package itself. Loaded on
 # first use, so that ``import p2d_llamafactory`` (run by the .pth file at every interpreter start) imports no torch.
 # Submodule names are left to the import system (``from . import methods`` asks for the attribute first).

@@ -27,6 +27,7 @@ from .methods import (
 
 
 HEAD_MODULES = ("q", "k", "v", "o")
+NUGGETS_ANCHOR_SAMPLINGS = ("kmeans", "random")  # Nuggets' anchors: k-means on embeddings (its code's), or seeded
 FHI_TRAINABLE = ("all", "attention")  # what the FHI proxy trains: every parameter (the paper's) or q/k/v only
 HEAD_LR_SCALE = 10.0  # default p2d_head_lr_scale (docs/tuning.md)
 DEFAULT_HEAD_MODULES = ("q", "o")
@@ -282,8 +283,8 @@ class DataSelectionArguments:
     p2d_data_selection: Literal[DATA_SELECTIONS] = p2d_field(
         "none",
         "Select training data before tokenization (any finetuning_type): p2d (ICL probing with attention summed over "
-        "the selected heads), random, ifd (instruction-following difficulty), data_whisperer (ICL probing with all "
-        "heads of one middle layer), or none.",
+        "the selected heads), random, ifd (instruction-following difficulty), nuggets (one-shot gains over an anchor "
+        "set), data_whisperer (ICL probing with all heads of one middle layer), or none.",
         "selection",
         ("selection",),
     )
@@ -303,6 +304,33 @@ class DataSelectionArguments:
         if self.p2d_data_selection not in DATA_SELECTIONS:
             raise _choice_error("p2d_data_selection", self.p2d_data_selection, DATA_SELECTIONS)
         _ratio(self, "p2d_data_ratio")
+
+
+@dataclass
+class NuggetsArguments:
+    r"""The Nuggets selection (``p2d_data_selection: nuggets``): one-shot gains over an anchor set (stage II)."""
+
+    p2d_nuggets_anchors: int = p2d_field(
+        100,
+        "Nuggets: size of the anchor set drawn from the training pool (Nuggets' 100).",
+        "selection",
+        ("selection",),
+    )
+    p2d_nuggets_anchor_sampling: Literal[NUGGETS_ANCHOR_SAMPLINGS] = p2d_field(
+        "kmeans",
+        "Nuggets: how the anchors are drawn: kmeans (the examples nearest to k-means centroids of the base model's "
+        "mean-pooled last hidden states, as Nuggets' code does) or random (seeded by p2d_seed).",
+        "selection",
+        ("selection",),
+    )
+    p2d_nuggets_batch_size: int = p2d_field(8, "Nuggets: anchors per forward pass.", "selection")
+
+    def __post_init__(self) -> None:
+        if self.p2d_nuggets_anchor_sampling not in NUGGETS_ANCHOR_SAMPLINGS:
+            raise _choice_error(
+                "p2d_nuggets_anchor_sampling", self.p2d_nuggets_anchor_sampling, NUGGETS_ANCHOR_SAMPLINGS
+            )
+        _positive_int(self, "p2d_nuggets_anchors", "p2d_nuggets_batch_size")
 
 
 @dataclass
@@ -373,6 +401,7 @@ class AERArguments:
 _CONCERNS = (
     AERArguments,
     ProbingArguments,
+    NuggetsArguments,
     DataSelectionArguments,
     LofitArguments,
     HeadAdaptationArguments,
@@ -444,6 +473,11 @@ class P2DArguments(*_CONCERNS):
                 for key in keys_of_stage("adaptation")
                 if "lofit" in key
             },
+            **{
+                key: (self.p2d_data_selection == "nuggets", "only `p2d_data_selection: nuggets` uses it")
+                for key in keys_of_stage("selection")
+                if "nuggets" in key
+            },
         }
         by_stage = {
             "proxy": (proxy, "no proxy is trained"),
@@ -492,6 +526,12 @@ def identity_keys(name: str, cls: type | None = None) -> tuple[str, ...]:
 def identity(args: Any, name: str) -> dict[str, Any]:
     """The identity of a stage's result under ``args``: every identity field of its class, by name."""
     return {key: getattr(args, key) for key in identity_keys(name, type(args))}
+
+
+def with_later_keys(recorded: dict[str, Any], name: str) -> dict[str, Any]:
+    """A recorded stage identity, with the identity keys declared after it was written read as their defaults
+    (the behaviour before the key existed), so that a new key does not invalidate every finished result."""
+    return {**{key: default_of(key) for key in identity_keys(name) if key not in recorded}, **recorded}
 
 
 def default_of(key: str, cls: type | None = None) -> Any:

@@ -40,6 +40,14 @@ SELECTIONS = _table(
         "ifd", {"p2d_data_selection": "ifd"}, "IFD", "IFD", "tab:blue", description="instruction-following difficulty"
     ),
     Method(
+        "nuggets",
+        {"p2d_data_selection": "nuggets"},
+        "Nuggets",
+        "Nuggets",
+        "tab:olive",
+        description="one-shot gain over anchor examples",
+    ),
+    Method(
         "data_whisperer",
         {"p2d_data_selection": "data_whisperer"},
         "Data Whisperer",

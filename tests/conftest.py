@@ -70,3 +70,36 @@ def p2d_log(caplog):
     caplog.handler.setLevel(logging.INFO)
     yield caplog
     logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def selection_inputs(tiny_tokenizer, tmp_path):
+    """SelectionInputs over the probe examples on the tiny llama (``make(...)`` overrides), head set of 3 heads."""
+    from p2d_llamafactory.data.select import SelectionInputs
+    from p2d_llamafactory.heads.headset import HeadSet
+    from p2d_llamafactory.heads.layout import find_attention_layout
+    from tests.helpers.examples import chatml_frame, probe_examples
+    from tests.helpers.tiny import build_model
+
+    model = build_model("llama", tiny_tokenizer)
+    layout = find_attention_layout(model)
+    head_set = HeadSet("tiny", layout.shape(), "w1", 0, 0.25, [], [(0, 1), (1, 3), (2, 0)])
+
+    def make(examples=None, output_dir=tmp_path / "out", max_length=512, head_set=head_set):
+        examples = examples or probe_examples()
+        return SelectionInputs(
+            examples=examples,
+            token_lengths=[len(tiny_tokenizer.encode(e.prompt + e.response)) for e in examples],
+            max_length=max_length,
+            tokenizer=tiny_tokenizer,
+            frame=chatml_frame(tiny_tokenizer),
+            load_model=lambda: model,
+            layout=layout,
+            head_set=head_set,
+            output_dir=output_dir,
+            model_name="tiny",
+            data_fingerprint="f" * 16,
+            progress=False,
+        )
+
+    return make

@@ -75,7 +75,10 @@ BAD_VALUES = [
     ({"quantization_bit": 4}, r"`quantization_bit=4` is not supported"),
     ({"stage": "dpo"}, r"`finetuning_type: p2d_heads` supports `stage` sft; got 'dpo'"),
     ({"use_dora": True}, r"`use_dora` cannot be combined with `finetuning_type: p2d_heads`"),
-    ({"p2d_data_selection": "best"}, r"`p2d_data_selection` must be one of none, ifd, data_whisperer, random, p2d"),
+    (
+        {"p2d_data_selection": "best"},
+        r"`p2d_data_selection` must be one of none, ifd, nuggets, data_whisperer, random, p2d",
+    ),
     ({"p2d_icl_metric": "bleu"}, r"`p2d_icl_metric` must be one of auto, em, rougeL; got 'bleu'"),
     ({"p2d_icl_scoring": "sample"}, r"`p2d_icl_scoring` must be one of generate, teacher_forced"),
     ({"p2d_data_ratio": 0}, r"`p2d_data_ratio` must be in \(0, 1\]"),
@@ -110,9 +113,7 @@ def test_model_without_standard_attention_projections(make_args, tmp_path, tiny_
         model_dir
     )
     tiny_tokenizer.save_pretrained(model_dir)
-    with pytest.raises(
-        ValueError, match=r"cannot find this model's heads: model_type=gpt2 .*not a supported decoder"
-    ):
+    with pytest.raises(ValueError, match=r"cannot find this model's heads: model_type=gpt2 .*not a supported decoder"):
         parse_train_args(make_args(model=model_dir))
     assert not (tmp_path / "out").exists()
 

@@ -12,9 +12,7 @@ from p2d_llamafactory.data import probe as probe_module
 from p2d_llamafactory.data.cache import PROGRESS_FILE, SCORES_FILE
 from p2d_llamafactory.data.probe import ProbeSettings, plan_prompts
 from p2d_llamafactory.data.prompts import BUILTIN_STYLES, Example, build_prompt
-from p2d_llamafactory.data.select import SelectionInputs, select_examples
-from p2d_llamafactory.heads.headset import HeadSet
-from p2d_llamafactory.heads.layout import find_attention_layout
+from p2d_llamafactory.data.select import select_examples
 from p2d_llamafactory.hparams import P2DArguments
 from tests.helpers.examples import chatml_frame, probe_examples
 from tests.helpers.tiny import build_model
@@ -88,32 +86,6 @@ def test_plans_use_every_candidate_as_demo_and_keep_queries_disjoint():
     assert plan_prompts(candidates, ProbeSettings(5, 3, 2, seed=8)) != plans
     with pytest.raises(ValueError, match=r"needs at least 8 usable examples .* got 7"):
         plan_prompts(list(range(7)), settings)
-
-
-@pytest.fixture
-def selection_inputs(tiny_tokenizer, tmp_path):
-    model = build_model("llama", tiny_tokenizer)
-    layout = find_attention_layout(model)
-    head_set = HeadSet("tiny", layout.shape(), "w1", 0, 0.25, [], [(0, 1), (1, 3), (2, 0)])
-
-    def make(examples=None, output_dir=tmp_path / "out", max_length=512, head_set=head_set):
-        examples = examples or probe_examples()
-        return SelectionInputs(
-            examples=examples,
-            token_lengths=[len(tiny_tokenizer.encode(e.prompt + e.response)) for e in examples],
-            max_length=max_length,
-            tokenizer=tiny_tokenizer,
-            frame=chatml_frame(tiny_tokenizer),
-            load_model=lambda: model,
-            layout=layout,
-            head_set=head_set,
-            output_dir=output_dir,
-            model_name="tiny",
-            data_fingerprint="f" * 16,
-            progress=False,
-        )
-
-    return make
 
 
 def _args(**kw):

@@ -238,8 +238,8 @@ def test_deepspeed_runs_get_torchrun(project):
     ("keys", "message"),
     [
         (
-            {"p2d_data_selection": "nuggets"},
-            "unknown p2d_data_selection 'nuggets'; allowed: none, ifd, data_whisperer, random, p2d",
+            {"p2d_data_selection": "less"},
+            "unknown p2d_data_selection 'less'; allowed: none, ifd, nuggets, data_whisperer, random, p2d",
         ),
         (
             {"finetuning_type": "freeze"},
@@ -314,9 +314,10 @@ def test_report_tables_and_figure(project):
     md = (project / "report" / "results.md").read_text()
     assert "## smollm2-cpu" in md and "GSM8K (EM) Perf. | GSM8K (EM) AER | Avg. Perf." in md
     blocks = [line for line in md.splitlines() if line.startswith("| **")]
-    assert [b.split("**")[1] for b in blocks[:5]] == [
+    assert [b.split("**")[1] for b in blocks[:6]] == [
         "Full (full dataset)",
         "IFD",
+        "Nuggets",
         "Data Whisperer",
         "Random",
         "P2D (Ours)",
@@ -333,7 +334,7 @@ def test_report_tables_and_figure(project):
     assert "| 30% | 82.20 | 0.40 |" in md and "| 100% (full dataset) | – | – |" in md
     assert "| 100% (full parameters) | – | – |" in md and "| 10% | 85.00 ± 7.07 | 0.35 ± 0.07 |" in md
     assert "| P2D | Random | 67.13 |" in md and "| IFD | P2D | 71.42 (n=1) |" in md
-    assert "| P2D | P2D | 85.00 ± 7.07 |" in md and "| Nuggets (not implemented) | P2D | – |" in md
+    assert "| P2D | P2D | 85.00 ± 7.07 |" in md and "| Nuggets | P2D | – |" in md
     missing = md.split("## Missing runs")[1]
     assert f"- `{extra / 'ifd__p2d_heads__s4343.yaml'}` (seed 4343): no generated_predictions.jsonl" in missing
     assert "saves/smollm2-cpu/gsm8k/ifd__p2d_heads__s4343" in missing
@@ -351,7 +352,7 @@ def test_report_tables_and_figure(project):
     ifd = ["smollm2-cpu", "IFD", "+ P2D", "10%", "10%"]
     assert ifd + ["71.4200", "–", "0.8000", "–", "1", "4242:71.4200", "71.4200"] in rows
     assert ["smollm2-cpu", "Data Whisperer", "+ LoRA", "10%", "–", "–", "–", "–", "–", "0", "", "–"] in rows
-    assert len(rows) == 1 + 5 * 5  # 5 selection blocks x Table 1's adaptations (LoFiT's rows empty here)
+    assert len(rows) == 1 + 6 * 5  # 6 selection blocks x Table 1's adaptations (LoFiT's rows empty here)
 
     png = (project / "report" / "aer_vs_perf.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

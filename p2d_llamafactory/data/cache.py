@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..hparams import with_later_keys
 from ..io import atomic_write_text, read_json
 from .probe import PromptResult
 
@@ -15,6 +16,14 @@ logger = logging.getLogger(__name__)
 
 SCORES_FILE = "p2d_data_scores.json"
 PROGRESS_FILE = "p2d_data_probe.partial.jsonl"
+
+
+def same_selection(recorded: Any, settings: dict[str, Any]) -> bool:
+    """Whether a recorded selection identity is ``settings`` (keys declared since it was written at their
+    defaults)."""
+    return isinstance(recorded, dict) and with_later_keys(recorded, "selection") == with_later_keys(
+        settings, "selection"
+    )
 
 
 def finished_scores(output_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -26,18 +35,22 @@ def finished_scores(output_dir: Path, settings: dict[str, Any]) -> dict[str, Any
         data = read_json(path)
     except ValueError:
         return None
-    if data.get("settings") != settings:
+    if not same_selection(data.get("settings"), settings):
         logger.info("P2D: %s was made with other settings; scoring again", path)
         return None
     return data
 
 
 class ProbeCheckpoint:
-    """An append-only JSONL file: a settings header, then one finished prompt per line."""
+    """An append-only JSONL file: a settings header, then one finished unit per line (a probe prompt, or a
+    ``record_type`` such as a Nuggets candidate, keyed by its ``key`` field)."""
 
-    def __init__(self, output_dir: Path, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, output_dir: Path, settings: dict[str, Any], record_type: type = PromptResult, key: str = "plan"
+    ) -> None:
         self.path = output_dir / PROGRESS_FILE
         self.settings = settings
+        self.record_type, self.key = record_type, key
         self.previous_seconds = 0.0  # scoring time of the interrupted sessions, up to their last finished prompt
         self.started = time.perf_counter()
 
@@ -45,28 +58,28 @@ class ProbeCheckpoint:
         """Scoring seconds across every session of this run."""
         return self.previous_seconds + (time.perf_counter() - self.started)
 
-    def load(self) -> dict[int, PromptResult]:
-        """Finished prompts of an interrupted run with the same settings; {} (and a fresh file) otherwise."""
+    def load(self) -> dict[int, Any]:
+        """Finished units of an interrupted run with the same settings; {} (and a fresh file) otherwise."""
         self.started = time.perf_counter()
         self.previous_seconds = 0.0
         done: dict[int, PromptResult] = {}
         if self.path.is_file():
             lines = self.path.read_text(encoding="utf-8").splitlines()
             header = _parse(lines[0]) if lines else None
-            if header == {"settings": self.settings}:
+            if isinstance(header, dict) and same_selection(header.get("settings"), self.settings):
                 for line in lines[1:]:
                     record = _parse(line)
                     if record is not None:  # a line cut by a kill is simply redone
                         self.previous_seconds = max(self.previous_seconds, float(record.pop("elapsed", 0.0)))
-                        done[record["plan"]] = PromptResult(**record)
-                logger.info("P2D: resuming data probing, %d prompts already scored", len(done))
+                        done[record[self.key]] = self.record_type(**record)
+                logger.info("P2D: resuming data scoring, %d already scored", len(done))
                 return done
             logger.warning("P2D: ignoring %s, it was made with other settings", self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json_line(self.path, {"settings": self.settings})
         return done
 
-    def append(self, result: PromptResult) -> None:
+    def append(self, result: Any) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({**result.__dict__, "elapsed": self.elapsed()}, allow_nan=False) + "\n")
             f.flush()

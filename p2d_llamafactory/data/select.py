@@ -19,6 +19,7 @@ from ..methods import PROBING_SELECTIONS
 from .baselines import ifd_scores, random_scores
 from .cache import PROGRESS_FILE, SCORES_FILE, ProbeCheckpoint, finished_scores
 from .metrics import resolve_metric, score_answers
+from .nuggets import NuggetsResult, NuggetsSettings, choose_anchors, frame_turn, nuggets_scores
 from .probe import Prober, ProbeSettings, final_scores, plan_prompts, probe_all
 from .prompts import ChatFrame, Example, task_style
 
@@ -53,6 +54,7 @@ class Selection:
     skipped: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     attention: list[float] = field(default_factory=list)  # mean w per example (probing methods)
+    anchors: list[int] = field(default_factory=list)  # the anchor examples (nuggets)
 
 
 def num_to_select(ratio: float, num_examples: int) -> int:
@@ -122,6 +124,30 @@ def _probe(model: nn.Module, inputs: SelectionInputs, args, candidates, heads, c
     return final_scores(results, len(inputs.examples))
 
 
+def _nuggets(
+    model: nn.Module, inputs: SelectionInputs, args, candidates, settings
+) -> tuple[list[float], list[int], float]:
+    """Nuggets' golden scores of the candidates, the anchors, and the scoring seconds of interrupted sessions. The
+    anchors are part of the checkpoint's identity: a resumed run with other anchors starts over."""
+    nuggets = NuggetsSettings(
+        args.p2d_nuggets_anchors, args.p2d_nuggets_anchor_sampling, args.p2d_nuggets_batch_size, args.p2d_seed
+    )
+    tokenizer = inputs.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    turns = {i: frame_turn(tokenizer, inputs.frame, inputs.examples[i]) for i in candidates}
+    anchors = choose_anchors(model, turns, nuggets, pad)
+    checkpoint = None
+    if inputs.output_dir is not None:
+        checkpoint = ProbeCheckpoint(inputs.output_dir, {**settings, "anchors": anchors}, NuggetsResult, "candidate")
+    done = checkpoint.load() if checkpoint else {}
+    on_result = checkpoint.append if checkpoint else (lambda result: None)
+    results = nuggets_scores(model, turns, anchors, nuggets, pad, done, on_result, inputs.progress)
+    scores = [float("nan")] * len(inputs.examples)
+    for i, result in results.items():
+        scores[i] = result.score
+    return scores, anchors, checkpoint.previous_seconds if checkpoint else 0.0
+
+
 def check_selection(args, token_lengths: list[int], max_length: int) -> tuple[int, list[int], list[int]]:
     """(k, candidates, skipped): what selection keeps and scores; raises, before any model work, where it cannot
     (a ratio that keeps nothing, too few examples short enough for one probe prompt)."""
@@ -140,6 +166,12 @@ def check_selection(args, token_lengths: list[int], max_length: int) -> tuple[in
                 f"{err} ({len(skipped)} of the {n} examples are longer than cutoff_len {max_length}); lower "
                 "`p2d_icl_demos`/`p2d_icl_queries` or use more data."
             ) from None
+    if args.p2d_data_selection == "nuggets" and args.p2d_nuggets_anchors > len(candidates):
+        raise ValueError(
+            f"`p2d_nuggets_anchors: {args.p2d_nuggets_anchors}` is larger than the pool the anchors are drawn from: "
+            f"{len(candidates)} usable examples ({len(skipped)} of the {n} are longer than cutoff_len {max_length}); "
+            "lower it or use more data."
+        )
     return k, candidates, skipped
 
 
@@ -154,7 +186,13 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
         logger.info("P2D: reusing the identical data scores in %s", inputs.output_dir / SCORES_FILE)
         scores = [float("nan") if s is None else s for s in cached["scores"]]
         return Selection(
-            method, cached["selected"], scores, cached["uses"], cached["skipped_too_long"], cached["timings"]
+            method,
+            cached["selected"],
+            scores,
+            cached["uses"],
+            cached["skipped_too_long"],
+            cached["timings"],
+            anchors=cached.get("anchors", []),
         )
     if skipped:
         logger.warning(
@@ -163,6 +201,7 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
     start = time.perf_counter()
     uses: list[int] = []
     attention: list[float] = []
+    anchors: list[int] = []
     earlier = 0.0  # scoring seconds of interrupted sessions of this run (probing resumes)
     if method == "random":
         scores = random_scores(n, args.p2d_seed)
@@ -176,6 +215,8 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
             scores = [float("nan")] * n
             for i, value in zip(candidates, values):
                 scores[i] = value
+        elif method == "nuggets":
+            scores, anchors, earlier = _nuggets(model, inputs, args, candidates, settings)
         else:
             checkpoint = ProbeCheckpoint(inputs.output_dir, settings) if inputs.output_dir is not None else None
             scores, uses, attention = _probe(model, inputs, args, candidates, heads, checkpoint)
@@ -184,7 +225,7 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
         scores[i] = float("nan")
     timings = {"data_scoring_seconds": earlier + time.perf_counter() - start}
     selected = top_examples(scores, k, method, attention or None)
-    selection = Selection(method, selected, scores, uses, skipped, timings, attention)
+    selection = Selection(method, selected, scores, uses, skipped, timings, attention, anchors)
     if inputs.output_dir is not None:
         atomic_write_json(inputs.output_dir / SCORES_FILE, _scores_record(selection, settings))
         (inputs.output_dir / PROGRESS_FILE).unlink(missing_ok=True)
@@ -202,5 +243,6 @@ def _scores_record(selection: Selection, settings: dict[str, Any]) -> dict[str, 
         "uses": selection.uses,
         "attention": [None if math.isnan(a) else a for a in selection.attention],
         "skipped_too_long": selection.skipped,
+        "anchors": selection.anchors,
         "timings": selection.timings,
     }

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..hparams import P2DArguments, default_of, heads_to_select, identity, identity_keys
+from ..hparams import P2DArguments, heads_to_select, identity, with_later_keys
 from ..methods import DATA_SCORERS, PROXY_SCORERS
 from .headset import HEADS_FILE, HEATMAP_FILE, HeadSet
 from .heatmap import plot_head_heatmap
@@ -81,15 +81,9 @@ def _reusable(path: Path, settings: dict[str, Any], layout: AttentionLayout) -> 
         previous = HeadSet.load(path)
     except ValueError:
         return None
-    if _with_later_keys(previous.settings) != settings or previous.shape != layout.shape():
+    if with_later_keys(previous.settings, "heads") != settings or previous.shape != layout.shape():
         return None
     return previous
-
-
-def _with_later_keys(recorded: dict[str, Any]) -> dict[str, Any]:
-    """A recorded stage I identity, with the identity keys declared after it was written read as their defaults
-    (the behaviour before the key existed), so that a new key does not invalidate every finished stage I."""
-    return {**{key: default_of(key) for key in identity_keys("heads") if key not in recorded}, **recorded}
 
 
 def plan_identification(

@@ -27,6 +27,7 @@ CASES = {
     "random with full": {"finetuning_type": "full", "p2d_data_selection": "random"},
     "ifd with freeze": {"finetuning_type": "freeze", "p2d_data_selection": "ifd"},
     "data_whisperer with lora": {"finetuning_type": "lora", "p2d_data_selection": "data_whisperer"},
+    "nuggets with lofit": {"finetuning_type": "lofit", "p2d_data_selection": "nuggets", "p2d_nuggets_anchors": 6},
 }
 
 
@@ -44,6 +45,7 @@ def test_each_selection_method_through_the_cli(case, tiny_models, two_datasets, 
         "p2d_data_selection": spec["p2d_data_selection"],
         "max_steps": 2,
         "save_steps": 100,
+        **{key: value for key, value in spec.items() if key.startswith("p2d_nuggets_")},
     }
     if spec["finetuning_type"] != "p2d_heads":
         for key in ("p2d_head_ratio", "p2d_fhi_samples", "p2d_fhi_steps", "p2d_fhi_lr"):
@@ -80,3 +82,9 @@ def test_each_selection_method_through_the_cli(case, tiny_models, two_datasets, 
         assert log.count("P2D proxy training (FHI)") >= 1 and "reusing the identical head identification" not in log
     if spec.get("heads_file"):
         assert scores["settings"]["heads"] == {"0": [2], "2": [1, 3]}
+    if spec["p2d_data_selection"] == "nuggets":  # golden scores: wins out of the 6 anchors, drawn from the pool
+        assert len(scores["anchors"]) == 6 and set(scores["anchors"]) <= set(range(54))
+        assert all(s is not None and round(s * 6, 6) == int(round(s * 6)) for s in scores["scores"])
+        assert "P2D Nuggets (one-shot scoring)" in log
+    if spec["finetuning_type"] == "lofit":  # LoFiT's step 1 runs on the selected subset, as the paper does
+        assert json.loads((out / "p2d_lofit_heads.json").read_text())["proxy_loss"] and "LoFiT" in log

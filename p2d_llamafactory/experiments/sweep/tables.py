@@ -26,7 +26,7 @@ from .stats import DASH, fmt, fmt_stat, md_table, mean_std, metric_label, missin
 from .tuning import write_tuning_report
 
 
-# Table 21: (data subset, head subset); Nuggets is not implemented by the plugin
+# Table 21: (data subset, head subset)
 LOCK_AND_KEY_ROWS = (
     ("p2d", "random_heads"),
     ("random", "p2d_heads"),
@@ -208,8 +208,7 @@ def _lock_and_key_rows(cells, model, datasets, rho_d: float, rho_p: float):
             cells.get((model, ds, selection, adaptation, round(rho_d, 6), percent(rho_p)), ResultCell())
             for ds in datasets
         ]
-        method = methods.SELECTION_BY_VALUE.get(selection)
-        data = method.short_label if method is not None else "Nuggets (not implemented)"
+        data = methods.SELECTION_BY_VALUE[selection].short_label
         heads = "P2D" if adaptation == "p2d_heads" else "Random"
         rows.append([data, heads] + [_perf(cell) for cell in values])
     return rows
