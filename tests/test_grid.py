@@ -498,3 +498,20 @@ def test_the_first_p2d_heads_rate_identifies_the_heads():
     assert "p2d_heads_file" not in first and first["p2d_head_selection"] == "w1"
     assert second["p2d_heads_file"] == "saves/smollm2-cpu/dialogsum/tune__p2d_heads__lr0.01/p2d_heads.json"
     assert first["p2d_data_selection"] == "ifd" and first["max_new_tokens"] == 64
+
+
+def test_method_keys_stay_in_the_cells_of_their_method(files):
+    twin = {
+        cell: _load(files, "smollm2-cpu", "bioinstruct", cell) for cell in ("nuggets__lora", "p2d__lofit", "p2d__full")
+    }
+    assert (twin["nuggets__lora"]["p2d_nuggets_anchors"], twin["nuggets__lora"]["p2d_nuggets_anchor_sampling"]) == (
+        10,
+        "kmeans",
+    )
+    assert _load(files, "qwen2.5-7b", "gsm8k", "nuggets__full")["p2d_nuggets_anchors"] == 100  # Nuggets' own
+    assert not any(key.startswith("p2d_nuggets_") for key in twin["p2d__lofit"])
+    assert not any(key.startswith("p2d_lofit_") for key in twin["p2d__full"])
+    lofit = twin["p2d__lofit"]
+    assert (lofit["finetuning_type"], lofit["p2d_head_ratio"], lofit["learning_rate"]) == ("lofit", 0.1, 1e-2)
+    assert lofit["p2d_lofit_select_epochs"] == 2.0 and "p2d_head_modules" not in lofit
+    assert lofit["p2d_heads_file"].endswith("p2d__p2d_heads/p2d_heads.json")  # P2D's selection needs stage I's heads

@@ -187,14 +187,16 @@ def nuggets_scores(
     done: dict[int, NuggetsResult],
     on_result: Callable[[NuggetsResult], None],
     progress: bool = True,
+    reuse_prefix: bool = True,
 ) -> dict[int, NuggetsResult]:
-    """Golden scores of every candidate in ``turns`` (the finished ones in ``done`` are kept, not redone)."""
+    """Golden scores of every candidate in ``turns`` (the finished ones in ``done`` are kept, not redone);
+    ``reuse_prefix=False`` runs each one-shot sequence whole (the benchmark's reference)."""
     anchor_turns = [turns[i] for i in anchors]
     base = zero_shot(model, anchor_turns, pad, settings.batch_size)
     results = dict(done)
     todo = [i for i in sorted(turns) if i not in results]
     for index in tqdm(todo, desc="P2D Nuggets (one-shot scoring)", disable=not progress):
-        shot = one_shot(model, turns[index].ids, anchor_turns, pad, settings.batch_size)
+        shot = one_shot(model, turns[index].ids, anchor_turns, pad, settings.batch_size, reuse_prefix)
         result = NuggetsResult(index, sum(s > z for s, z in zip(shot, base)), len(anchors))
         results[index] = result
         on_result(result)

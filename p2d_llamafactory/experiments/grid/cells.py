@@ -201,7 +201,7 @@ def _kept(cell: GridCell, own_w1_stage1: bool, selects: bool) -> dict[str, bool]
             key: lofit if key.startswith(LOFIT_PREFIX) else cell.adaptation in HEAD_ADAPTATION_NAMES
             for key in adaptation_keys
         },
-        **dict.fromkeys(selection_keys, selects),
+        **{key: selects and (cell.selection == "nuggets" or "nuggets" not in key) for key in selection_keys},
         **dict.fromkeys(_LORA_KEYS, cell.adaptation == "lora"),
         **dict.fromkeys(
             hparams.keys_of_stage("probing"), bool(methods.SELECTIONS[cell.selection].extra.get("probing"))
