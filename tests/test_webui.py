@@ -15,11 +15,22 @@ from tests.helpers.board import board_form
 DEFAULTS = {setting.key: setting.default for setting in SETTINGS}
 
 
-def test_p2d_heads_is_a_peft_method_of_the_board():
+def test_p2d_heads_and_lofit_are_peft_methods_of_the_board():
     from llamafactory.extras.constants import METHODS, PEFT_METHODS
 
-    assert METHODS[-1] == "p2d_heads" and METHODS.count("p2d_heads") == 1
-    assert "p2d_heads" in PEFT_METHODS  # its runs save PEFT adapters: listed as checkpoints, loaded as adapters
+    assert METHODS[-2:] == ["p2d_heads", "lofit"] and METHODS.count("p2d_heads") == METHODS.count("lofit") == 1
+    assert {"p2d_heads", "lofit"} <= PEFT_METHODS  # their runs save PEFT adapters: listed, loaded as adapters
+
+
+def test_lofit_runs_get_the_head_budget_and_nuggets_runs_the_data_keys():
+    values = {**DEFAULTS, "p2d_head_ratio": 0.25, "p2d_data_selection": "nuggets", "p2d_fhi_samples": 16}
+    args = settings_to_args(values, "lofit")
+    assert args == {
+        "p2d_head_ratio": 0.25,
+        "p2d_data_selection": "nuggets",
+        "p2d_data_ratio": DEFAULTS["p2d_data_ratio"],
+    }
+    validate_args(args)
 
 
 def test_texts_cover_every_language_of_the_board():

@@ -87,8 +87,8 @@ def _convert(setting: BoardSetting, value: Any) -> Any:
 def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, Any]:
     """The ``p2d_*`` keys a Train-tab run gets from the accordion's ``values`` (key -> widget value).
 
-    Head keys go to runs that train heads (``p2d_heads``) or select data with them (``p2d``); adaptation keys (the
-    slices, their learning-rate scale) to ``p2d_heads`` runs only; data keys to runs that select data; probing keys
+    Head keys go to runs that train heads (``p2d_heads``) or select data with them (``p2d``), the head ratio also to
+    ``lofit`` runs; adaptation keys (the slices, their learning-rate scale) to ``p2d_heads`` runs only; data keys to runs that select data; probing keys
     to the two probing methods. Empty texts are left out (LLaMA-Factory's
     command drops them too), but an empty module choice stays, for validation to refuse; ``p2d_aer_estimate_steps``
     0 means off.
@@ -107,6 +107,8 @@ def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, 
         for s in SETTINGS
         if s.group in groups and (converted[s.key] not in ("", None) or s.kind == "multichoice")  # none: an error
     }
+    if finetuning_type == "lofit":  # LoFiT ranks its own heads; it takes P2D's head budget (its keys: defaults)
+        args["p2d_head_ratio"] = converted["p2d_head_ratio"]
     if selection == "none":
         args.pop("p2d_data_ratio", None)
     if not args.get("p2d_aer_estimate_steps"):

@@ -6,14 +6,16 @@ from typing import Any
 from . import wrap
 
 
-P2D_METHOD = "p2d_heads"
+BOARD_METHODS = ("p2d_heads", "lofit")  # HEAD_FINETUNING_TYPES, without importing the method table here
 
 
 def patch_constants(module: ModuleType) -> None:
-    """METHODS / PEFT_METHODS: offer ``p2d_heads``, whose runs save PEFT adapters (listed, loaded as such)."""
-    if P2D_METHOD not in module.METHODS:
-        module.METHODS.append(P2D_METHOD)  # in place: LLaMA-Board's modules share these objects
-    module.PEFT_METHODS.add(P2D_METHOD)
+    """METHODS / PEFT_METHODS: offer ``p2d_heads`` and ``lofit``, whose runs save PEFT adapters (listed, loaded as
+    such)."""
+    for method in BOARD_METHODS:
+        if method not in module.METHODS:
+            module.METHODS.append(method)  # in place: LLaMA-Board's modules share these objects
+        module.PEFT_METHODS.add(method)
 
 
 def patch_locales(module: ModuleType) -> None:
