@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch
 from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.heads.headset import HEADS_FILE, HEATMAP_FILE, HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
-from tests.helpers.cli import run_cli, train_config, write_yaml
+from tests.helpers.cli import adapter_config, assert_same_adapters, resume_run, run_cli, train_config, write_yaml
 from tests.helpers.tiny import logits, random_ids
 
 
@@ -49,13 +48,7 @@ def test_stock_export_chat_loading_and_plain_peft_reproduce_the_trained_model(tr
     from transformers import AutoModelForCausalLM
 
     out, root, base_dir = trained["out"], trained["root"], trained["model"]
-    export = {
-        "model_name_or_path": str(base_dir),
-        "adapter_name_or_path": str(out),
-        "finetuning_type": "lora",
-        "template": "chatml",
-        "export_dir": str(root / "merged"),
-    }
+    export = adapter_config(base_dir, out, "lora", export_dir=str(root / "merged"))
     run_cli("export", str(write_yaml(root / "export.yaml", export)), cwd=root, P2D_LLAMAFACTORY_DISABLE="1")
     ids = random_ids(tiny_tokenizer)
 
@@ -84,27 +77,13 @@ def test_stock_export_chat_loading_and_plain_peft_reproduce_the_trained_model(tr
 
 
 def test_resume_from_checkpoint_matches_the_uninterrupted_run(trained):
-    from safetensors.torch import load_file
-
-    root = trained["root"]
-    resumed = root / "resumed"
-    resumed.mkdir()
-    shutil.copytree(trained["out"] / "checkpoint-2", resumed / "checkpoint-2")
-    shutil.copy(trained["out"] / HEADS_FILE, resumed / HEADS_FILE)
-    config = {**trained["config"], "output_dir": str(resumed)}
-    log = run_cli("train", str(write_yaml(root / "resume.yaml", config)), cwd=root)
+    log, resumed = resume_run(trained, (HEADS_FILE,))
     assert "Resuming training from" in log
     assert "reusing the identical head identification" in log  # finished stage I work is not redone
     assert "P2D proxy training (FHI)" not in log
     state = json.loads((resumed / "trainer_state.json").read_text())
     assert state["global_step"] == 4
-    final, uninterrupted = (
-        load_file(resumed / "adapter_model.safetensors"),
-        load_file(trained["out"] / "adapter_model.safetensors"),
-    )
-    assert final.keys() == uninterrupted.keys()
-    for key in final:
-        torch.testing.assert_close(final[key], uninterrupted[key], rtol=0, atol=1e-6, msg=key)
+    assert_same_adapters(resumed, trained["out"])
 
 
 def test_one_hot_factors_stay_fixed_through_training(trained):

@@ -2,13 +2,20 @@
 loading with and without a merge, and plain peft."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from p2d_llamafactory.heads.headset import LOFIT_HEADS_FILE, HeadSet
-from tests.helpers.cli import cli_result, run_cli, train_config, write_yaml
+from tests.helpers.cli import (
+    adapter_config,
+    assert_same_adapters,
+    cli_result,
+    resume_run,
+    run_cli,
+    train_config,
+    write_yaml,
+)
 from tests.helpers.tiny import logits, random_ids
 
 
@@ -47,13 +54,7 @@ def test_export_chat_and_plain_peft_reproduce_the_trained_model(trained, tiny_to
     from transformers import AutoModelForCausalLM
 
     root, out, base_dir = trained["root"], trained["out"], trained["model"]
-    export = {
-        "model_name_or_path": str(base_dir),
-        "adapter_name_or_path": str(out),
-        "finetuning_type": "lofit",
-        "template": "chatml",
-        "export_dir": str(root / "merged"),
-    }
+    export = adapter_config(base_dir, out, "lofit", export_dir=str(root / "merged"))
     run_cli("export", str(write_yaml(root / "export.yaml", export)), cwd=root)
     ids = random_ids(tiny_tokenizer)
     base = lambda: AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
@@ -66,25 +67,10 @@ def test_export_chat_and_plain_peft_reproduce_the_trained_model(trained, tiny_to
 
 
 def test_resume_from_checkpoint_matches_the_uninterrupted_run(trained):
-    from safetensors.torch import load_file
-
-    root = trained["root"]
-    resumed = root / "resumed"
-    resumed.mkdir()
-    shutil.copytree(trained["out"] / "checkpoint-2", resumed / "checkpoint-2")
-    shutil.copy(trained["out"] / LOFIT_HEADS_FILE, resumed / LOFIT_HEADS_FILE)
-    log = run_cli(
-        "train", str(write_yaml(root / "resume.yaml", {**trained["config"], "output_dir": str(resumed)})), cwd=root
-    )
+    log, resumed = resume_run(trained, (LOFIT_HEADS_FILE,))
     assert "Resuming training from" in log and "reusing the identical head selection" in log
     assert "LoFiT head selection (A)" not in log  # step 1 is not redone
-    final, uninterrupted = (
-        load_file(resumed / "adapter_model.safetensors"),
-        load_file(trained["out"] / "adapter_model.safetensors"),
-    )
-    assert final.keys() == uninterrupted.keys()
-    for key in final:
-        torch.testing.assert_close(final[key], uninterrupted[key], rtol=0, atol=1e-6, msg=key)
+    assert_same_adapters(resumed, trained["out"])
 
 
 def test_a_family_without_o_proj_bias_chats_unmerged_and_refuses_export(
@@ -96,13 +82,7 @@ def test_a_family_without_o_proj_bias_chats_unmerged_and_refuses_export(
     from transformers import AutoModelForCausalLM
 
     run = _train("qwen2", tiny_models, tiny_dataset_dir, tmp_path)
-    infer = {
-        "model_name_or_path": str(run["model"]),
-        "adapter_name_or_path": str(run["out"]),
-        "finetuning_type": "lofit",
-        "template": "chatml",
-        "infer_dtype": "float32",
-    }
+    infer = adapter_config(run["model"], run["out"], "lofit", infer_dtype="float32")
     model_args, _, finetuning_args, _ = get_infer_args(infer)
     chat = load_model(load_tokenizer(model_args)["tokenizer"], model_args, finetuning_args)
     assert isinstance(chat, PeftModel)  # Qwen2's o_proj has no bias: kept unmerged, exact

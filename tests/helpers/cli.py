@@ -56,6 +56,42 @@ def train_config(model_dir: Path, dataset_dir: Path, output_dir: Path, **overrid
     return parser_args(model_dir, dataset_dir, output_dir, **{**run, **overrides})
 
 
+def adapter_config(model_dir: Path, adapter: Path, finetuning_type: str, **overrides) -> dict:
+    """Chat / export arguments that load ``adapter`` onto ``model_dir`` (ChatML template), with ``overrides``."""
+    return {
+        "model_name_or_path": str(model_dir),
+        "adapter_name_or_path": str(adapter),
+        "finetuning_type": finetuning_type,
+        "template": "chatml",
+        **overrides,
+    }
+
+
+def resume_run(trained: dict, files: tuple[str, ...], checkpoint: str = "checkpoint-2") -> tuple[str, Path]:
+    """Rerun a finished CLI run (``trained``: root, out, config) in a new output dir that holds only its
+    ``checkpoint`` and ``files``, as a run killed after that checkpoint would; returns the log and the dir."""
+    import shutil
+
+    resumed = trained["root"] / "resumed"
+    resumed.mkdir()
+    shutil.copytree(trained["out"] / checkpoint, resumed / checkpoint)
+    for name in files:
+        shutil.copy(trained["out"] / name, resumed / name)
+    config = {**trained["config"], "output_dir": str(resumed)}
+    return run_cli("train", str(write_yaml(trained["root"] / "resume.yaml", config)), cwd=trained["root"]), resumed
+
+
+def assert_same_adapters(a: Path, b: Path, atol: float = 1e-6) -> None:
+    """The two folders' ``adapter_model.safetensors`` hold the same tensors to ``atol``."""
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=atol, msg=key)
+
+
 def write_yaml(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
