@@ -89,7 +89,7 @@ def test_fewer_examples_than_fhi_samples_uses_all_and_warns(fhi, caplog):
     with caplog.at_level(logging.WARNING, logger="p2d_llamafactory"):
         head_set = identify_heads(inputs, P2DArguments(p2d_fhi_samples=100, p2d_fhi_steps=1, p2d_fhi_lr=1e-3))
     assert "only 5 training examples for p2d_fhi_samples=100" in caplog.text
-    assert head_set.settings["fhi_data"] == identify_module._fingerprint(inputs.examples)
+    assert head_set.settings["fhi_data"] == identify_module.tokenized_fingerprint(inputs.examples)
 
 
 def test_heads_file_is_reused_as_is(fhi, tmp_path):

@@ -285,3 +285,28 @@ def test_lofit_with_p2d_selection_needs_a_heads_file(make_args):
 
     with pytest.raises(ValueError, match="p2d_heads_file.*lofit"):
         parse_train_args(make_args(finetuning_type="lofit", p2d_data_selection="p2d"))
+
+
+LOFIT_OTHER_VALUES = {
+    "p2d_head_ratio": 0.5,
+    "p2d_seed": 4,
+    "p2d_lofit_l1_lambda": 1e-3,
+    "p2d_lofit_select_lr": 1e-2,
+    "p2d_lofit_select_epochs": 2.0,
+}
+
+
+def test_every_lofit_identity_field_has_a_test_value():
+    from p2d_llamafactory.hparams import identity_keys
+
+    assert set(identity_keys("lofit")) == set(LOFIT_OTHER_VALUES), "add the new identity field to LOFIT_OTHER_VALUES"
+
+
+@pytest.mark.parametrize("key", sorted(LOFIT_OTHER_VALUES))
+def test_changing_any_lofit_identity_field_redoes_step_1(key):
+    from p2d_llamafactory.heads.lofit import lofit_identity
+
+    base = P2DArguments(p2d_head_ratio=0.25, p2d_lofit_select_epochs=1.0, p2d_seed=3)
+    changed = P2DArguments(**{**{k: getattr(base, k) for k in LOFIT_OTHER_VALUES}, key: LOFIT_OTHER_VALUES[key]})
+    assert lofit_identity(base, "m", "d", 2) != lofit_identity(changed, "m", "d", 2)
+    assert lofit_identity(base, "m", "d", 2) != lofit_identity(base, "m", "d", 4)  # the batch size too

@@ -37,6 +37,8 @@ OTHER_VALUES = {
     "p2d_task_model": "some/task-model",
     "p2d_data_selection": "ifd",
     "p2d_data_ratio": 0.3,
+    "p2d_nuggets_anchors": 50,
+    "p2d_nuggets_anchor_sampling": "random",
     "p2d_icl_instruction": "summarization",
     "p2d_icl_demos": 4,
     "p2d_icl_queries": 2,
