@@ -293,6 +293,14 @@ def test_report_tables_and_figure(project):
         seed=4343,
         output_dir="saves/smollm2-cpu/gsm8k/ifd__p2d_heads__s4343",
     )
+    _write_run(  # LoFiT on P2D's data: its row at its head budget, like the head adaptations
+        extra / "p2d__lofit.yaml",
+        finetuning_type="lofit",
+        p2d_data_selection="p2d",
+        p2d_data_ratio=0.1,
+        p2d_head_ratio=0.1,
+        output_dir="saves/smollm2-cpu/gsm8k/p2d__lofit",
+    )
     _write_run(  # Table 3: rho_D 0.3
         extra / "p2d__p2d_heads__rhoD0.3.yaml",
         finetuning_type="p2d_heads",
@@ -309,6 +317,7 @@ def test_report_tables_and_figure(project):
     _finish(saves / "ifd__p2d_heads", score=71.42, aer=0.80)
     _finish(saves / "ifd__lora", score=None, aer=0.87)  # AER known, no predictions scored yet
     _finish(saves / "p2d__p2d_heads__rhoD0.3", score=82.2, aer=0.4)
+    _finish(saves / "p2d__lofit", score=77.5, aer=0.33)
 
     assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
     md = (project / "report" / "results.md").read_text()
@@ -327,6 +336,7 @@ def test_report_tables_and_figure(project):
     assert "| + P2D | 10% | 10% | 85.00 ± 7.07 | 0.35 ± 0.07 | 85.00 |" in md
     assert "| + random | 10% | 10% | 67.13 | 0.27 | 67.13 |" in md
     assert "| + LoRA | 10% | r=128 | – | 0.87 | – |" in md
+    assert "| + LoFiT | 10% | 10% | 77.50 | 0.33 | 77.50 |" in md
     # one of the two seeds finished: its value, marked n=1; the other seed is listed, not averaged as zero
     assert "| + P2D | 10% | 10% | 71.42 (n=1) | 0.80 (n=1) | 71.42 |" in md
     assert "| + full parameters | 10% | 100% | – | – | – |" in md  # missing cells

@@ -232,6 +232,8 @@ def classify(yaml_path: Path, config: dict[str, Any]) -> Run:
         rho_p: float | None = float(heads.get("ratio", config.get("p2d_head_ratio", 0.1)))
     elif finetuning_type == "lora":
         rho_p, lora_rank = None, int(config.get("lora_rank", 8))
+    elif finetuning_type == "lofit":  # LoFiT's head budget
+        rho_p = float(config.get("p2d_head_ratio", 0.1))
     else:
         rho_p = 1.0
     rho_d = 1.0 if selection == "none" else float(config.get("p2d_data_ratio", 0.1))
