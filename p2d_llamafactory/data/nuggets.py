@@ -22,9 +22,6 @@ from tqdm.auto import tqdm
 from .prompts import ChatFrame, Example
 
 
-ANCHOR_SAMPLINGS = ("kmeans", "random")
-
-
 @dataclass
 class NuggetsResult:
     """One candidate's outcome: how many anchors its demonstration helped, of how many."""

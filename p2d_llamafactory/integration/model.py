@@ -108,7 +108,7 @@ def record_p2d_heads_run(training_args, finetuning_args, layout, head_set, total
     write_run_record(training_args.output_dir, "p2d_heads", head_set, layout.total_heads, modules, *args)
 
 
-def load_lofit(original, config, model, model_args, finetuning_args):
+def load_lofit(model, model_args):
     """A trained LoFiT adapter for chat or export: merged into a plain model where the family allows it (see
     ``merge_lofit``); for chat on the other families, kept as an unmerged PeftModel; export of those is refused."""
     from peft import PeftModel
@@ -135,7 +135,7 @@ def init_adapter(original, config, model, model_args, finetuning_args, is_traina
     if finetuning_type == "lofit":
         if is_trainable:
             return setup_lofit(model, model_args, finetuning_args)
-        return load_lofit(original, config, model, model_args, finetuning_args)
+        return load_lofit(model, model_args)
     if finetuning_type != "p2d_heads":
         return original(config, model, model_args, finetuning_args, is_trainable)
     if not is_trainable:
