@@ -20,6 +20,10 @@ naming the key and what is allowed), calls the same implementation as the CLI, a
 the prompt, and the loss on the response only. Stage I also takes examples already tokenized (``input_ids``,
 ``labels``).
 
+Under ``torchrun`` (a ``torch.distributed`` process group is initialized), call :func:`identify_heads` and
+:func:`select_data` on every rank with the same arguments: the ranks share the work, every rank gets the same result,
+and rank 0 writes the files.
+
 This module never imports LLaMA-Factory.
 """
 
@@ -41,6 +45,7 @@ from .checks import check_aer, check_head_ratio, check_head_sources, check_outpu
 from .data.prompts import ChatFrame, Example, examples_fingerprint
 from .data.report import write_selection_report
 from .data.select import Selection, SelectionInputs, check_selection, select_examples
+from .distributed import rank
 from .heads.headset import HEADS_FILE, HeadSet
 from .heads.identify import FHIInputs
 from .heads.identify import identify_heads as _identify_heads
@@ -113,7 +118,10 @@ def _output_dir(output_dir: str | Path | None) -> Path | None:
 
 
 def _lock(output_dir: Path | None, function: str):
-    return OutputDirLock(output_dir, command=f"p2d_llamafactory.api.{function}") if output_dir else nullcontext()
+    """The output dir's lock, held by rank 0 (under ``torchrun`` every rank runs the function together)."""
+    if output_dir is None or rank() != 0:
+        return nullcontext()
+    return OutputDirLock(output_dir, command=f"p2d_llamafactory.api.{function}")
 
 
 @contextmanager
@@ -250,7 +258,7 @@ def identify_heads(
     )
     with _lock(out, "identify_heads"), _eval_mode(model):
         head_set = _identify_heads(inputs, args, layout)
-        if out is not None and head_set.timings:  # a heads file's time was paid by the run that made it
+        if out is not None and rank() == 0 and head_set.timings:  # a heads file's time: paid by the run that made it
             key = "head_identification_seconds"
             key = INHERITED_PREFIX + key if args.p2d_heads_file else key
             record_timings(out, {key: head_set.timings["total_seconds"]})
@@ -352,7 +360,7 @@ def select_data(
     )
     with _lock(out, "select_data"), _eval_mode(model):
         selection = select_examples(inputs, args)
-        if out is not None:
+        if out is not None and rank() == 0:
             subset = [_sharegpt(texts[i], system) for i in selection.selected]
             write_selection_report(
                 inputs, selection, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed

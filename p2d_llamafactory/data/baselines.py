@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import map_sharded
 from .prompts import ChatFrame, Example
 
 
@@ -67,9 +68,15 @@ def response_losses(
 def ifd_scores(
     model: nn.Module, tokenizer, frame: ChatFrame, examples: Sequence[Example], batch_size: int = 8, progress=True
 ) -> list[float]:
-    """IFD = PPL(response | prompt) / PPL(response): how much the instruction fails to help."""
-    conditioned = response_losses(
-        model, tokenizer, frame, examples, True, batch_size, progress, "P2D IFD (with prompt)"
-    )
-    alone = response_losses(model, tokenizer, frame, examples, False, batch_size, progress, "P2D IFD (response alone)")
-    return [math.exp(c - a) for c, a in zip(conditioned, alone)]
+    """IFD = PPL(response | prompt) / PPL(response): how much the instruction fails to help. Under ``torchrun``
+    the batches are shared by the ranks and every rank gets every score."""
+
+    def batch_ifd(batch: Sequence[Example]) -> list[float]:
+        conditioned = response_losses(model, tokenizer, frame, batch, True, batch_size, False)
+        alone = response_losses(model, tokenizer, frame, batch, False, batch_size, False)
+        bar.update(len(batch))
+        return [math.exp(c - a) for c, a in zip(conditioned, alone)]
+
+    batches = [examples[start : start + batch_size] for start in range(0, len(examples), batch_size)]
+    with tqdm(total=len(examples), desc="P2D IFD", unit="example", disable=not progress) as bar:
+        return [score for scores in map_sharded(batch_ifd, batches) for score in scores]

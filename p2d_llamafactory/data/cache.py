@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..distributed import from_rank0, rank, world_size
 from ..hparams import with_later_keys
 from ..io import atomic_write_text, read_json
 from .probe import PromptResult
@@ -41,14 +42,29 @@ def finished_scores(output_dir: Path, settings: dict[str, Any]) -> dict[str, Any
     return data
 
 
+def progress_file(rank: int, world_size: int) -> str:
+    """The checkpoint file one rank appends to: ``PROGRESS_FILE`` in a single process, one file per rank else."""
+    return PROGRESS_FILE if world_size == 1 else PROGRESS_FILE.replace(".jsonl", f".rank{rank}.jsonl")
+
+
+def progress_files(output_dir: Path) -> list[Path]:
+    """Every rank's checkpoint file in ``output_dir``, whatever world size wrote it."""
+    return sorted(output_dir.glob(PROGRESS_FILE.replace(".jsonl", "*.jsonl")))
+
+
 class ProbeCheckpoint:
-    """An append-only JSONL file: a settings header, then one finished unit per line (a probe prompt, or a
-    ``record_type`` such as a Nuggets candidate, keyed by its ``key`` field)."""
+    """Append-only JSONL files: a settings header, then one finished unit per line (a probe prompt, or a
+    ``record_type`` such as a Nuggets candidate, keyed by its ``key`` field).
+
+    Each rank appends to its own file (:func:`progress_file`). A resumed run reads every file with the same settings,
+    whatever world size wrote it (a unit finished by any rank is finished), so a rerun with another number of ranks
+    re-shards what is left; files with other settings are never mixed in."""
 
     def __init__(
         self, output_dir: Path, settings: dict[str, Any], record_type: type = PromptResult, key: str = "plan"
     ) -> None:
-        self.path = output_dir / PROGRESS_FILE
+        self.output_dir = output_dir
+        self.path = output_dir / progress_file(rank(), world_size())
         self.settings = settings
         self.record_type, self.key = record_type, key
         self.previous_seconds = 0.0  # scoring time of the interrupted sessions, up to their last finished prompt
@@ -59,25 +75,41 @@ class ProbeCheckpoint:
         return self.previous_seconds + (time.perf_counter() - self.started)
 
     def load(self) -> dict[int, Any]:
-        """Finished units of an interrupted run with the same settings; {} (and a fresh file) otherwise."""
+        """Finished units of an interrupted run with the same settings ({} if none), the same on every rank: rank 0
+        reads them; then each rank keeps appending to its own file, or starts it afresh."""
+        done, previous = from_rank0(self._read_finished() if rank() == 0 else None)
         self.started = time.perf_counter()
-        self.previous_seconds = 0.0
-        done: dict[int, PromptResult] = {}
-        if self.path.is_file():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            header = _parse(lines[0]) if lines else None
-            if isinstance(header, dict) and same_selection(header.get("settings"), self.settings):
-                for line in lines[1:]:
-                    record = _parse(line)
-                    if record is not None:  # a line cut by a kill is simply redone
-                        self.previous_seconds = max(self.previous_seconds, float(record.pop("elapsed", 0.0)))
-                        done[record[self.key]] = self.record_type(**record)
-                logger.info("P2D: resuming data scoring, %d already scored", len(done))
-                return done
-            logger.warning("P2D: ignoring %s, it was made with other settings", self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json_line(self.path, {"settings": self.settings})
+        self.previous_seconds = previous
+        if done:
+            logger.info("P2D: resuming data scoring, %d already scored", len(done))
+        if self._header() is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json_line(self.path, {"settings": self.settings})
         return done
+
+    def _header(self) -> dict[str, Any] | None:
+        """This rank's file header, if it is one with these settings."""
+        if not self.path.is_file():
+            return None
+        with open(self.path, encoding="utf-8") as f:
+            header = _parse(f.readline())
+        return header if isinstance(header, dict) and same_selection(header.get("settings"), self.settings) else None
+
+    def _read_finished(self) -> tuple[dict[int, Any], float]:
+        done: dict[int, Any] = {}
+        previous = 0.0
+        for path in progress_files(self.output_dir):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            header = _parse(lines[0]) if lines else None
+            if not (isinstance(header, dict) and same_selection(header.get("settings"), self.settings)):
+                logger.warning("P2D: ignoring %s, it was made with other settings", path)
+                continue
+            for line in lines[1:]:
+                record = _parse(line)
+                if record is not None:  # a line cut by a kill is simply redone
+                    previous = max(previous, float(record.pop("elapsed", 0.0)))
+                    done[record[self.key]] = self.record_type(**record)
+        return done, previous
 
     def append(self, result: Any) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import gather, map_sharded, shard
 from .prompts import ChatFrame, Example
 
 
@@ -119,18 +120,21 @@ def one_shot(
     return out
 
 
-@torch.no_grad()
 def embeddings(model: nn.Module, turns: Sequence[Turn], pad: int, batch_size: int) -> np.ndarray:
-    """Mean of the last hidden state over each example's tokens (padding masked out)."""
-    rows = []
-    for start in range(0, len(turns), batch_size):
-        ids, mask = _padded([t.ids for t in turns[start : start + batch_size]], pad)
+    """Mean of the last hidden state over each example's tokens (padding masked out); under ``torchrun`` the
+    batches are shared by the ranks and every rank gets every row."""
+
+    @torch.no_grad()
+    def batch_means(batch: Sequence[Turn]) -> np.ndarray:
+        ids, mask = _padded([t.ids for t in batch], pad)
         hidden = model(
             input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model)), output_hidden_states=True
         ).hidden_states[-1]
         weights = mask.to(hidden.device, hidden.dtype)[..., None]
-        rows.append(((hidden * weights).sum(1) / weights.sum(1)).float().cpu().numpy())
-    return np.concatenate(rows)
+        return ((hidden * weights).sum(1) / weights.sum(1)).float().cpu().numpy()
+
+    batches = [turns[start : start + batch_size] for start in range(0, len(turns), batch_size)]
+    return np.concatenate(map_sharded(batch_means, batches))
 
 
 def kmeans_anchors(vectors: np.ndarray, k: int, seed: int) -> list[int]:
@@ -187,14 +191,17 @@ def nuggets_scores(
     reuse_prefix: bool = True,
 ) -> dict[int, NuggetsResult]:
     """Golden scores of every candidate in ``turns`` (the finished ones in ``done`` are kept, not redone);
-    ``reuse_prefix=False`` runs each one-shot sequence whole (the benchmark's reference)."""
+    ``reuse_prefix=False`` runs each one-shot sequence whole (the benchmark's reference). Under ``torchrun`` the
+    candidates left are shared by the ranks (each reports its own to ``on_result``) and every rank gets every score."""
     anchor_turns = [turns[i] for i in anchors]
     base = zero_shot(model, anchor_turns, pad, settings.batch_size)
     results = dict(done)
-    todo = [i for i in sorted(turns) if i not in results]
+    todo = shard([i for i in sorted(turns) if i not in results])
+    mine = {}
     for index in tqdm(todo, desc="P2D Nuggets (one-shot scoring)", disable=not progress):
         shot = one_shot(model, turns[index].ids, anchor_turns, pad, settings.batch_size, reuse_prefix)
-        result = NuggetsResult(index, sum(s > z for s, z in zip(shot, base)), len(anchors))
-        results[index] = result
-        on_result(result)
+        mine[index] = NuggetsResult(index, sum(s > z for s, z in zip(shot, base)), len(anchors))
+        on_result(mine[index])
+    for part in gather(mine):
+        results.update(part)
     return results

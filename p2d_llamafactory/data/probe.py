@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import gather, shard
 from .attention import AttentionProbe, probing
 from .prompts import ChatFrame, Example, ProbePrompt, TaskStyle, build_prompt
 
@@ -201,21 +202,26 @@ def probe_all(
     on_result: Callable[[PromptResult], None],
     progress: bool = True,
 ) -> list[PromptResult]:
-    """Probe every plan not in ``done`` (resuming), reporting each finished prompt to ``on_result``."""
-    results = [done[i] for i in sorted(done)]
+    """Probe every plan not in ``done`` (resuming), reporting each finished prompt to ``on_result``; returns every
+    plan's result, in plan order. Under ``torchrun`` the batches of pending plans are shared by the ranks (each
+    reports its own) and every rank gets every result."""
     pending = [(i, d, q) for i, (d, q) in enumerate(plans) if i not in done]
     size, per_prompt = prober.settings.batch_size, prober.settings.num_demos
+    batches = shard([pending[start : start + size] for start in range(0, len(pending), size)])
     bar = tqdm(
-        total=len(plans) * per_prompt,
+        total=(len(done) + sum(len(batch) for batch in batches)) * per_prompt,
         initial=len(done) * per_prompt,
         desc="P2D data probing",
         unit="example",
         disable=not progress,
     )
-    for start in range(0, len(pending), size):
-        for result in prober.run_batch(pending[start : start + size], examples):
+    mine = []
+    for batch in batches:
+        for result in prober.run_batch(batch, examples):
             on_result(result)
-            results.append(result)
+            mine.append(result)
             bar.update(per_prompt)
     bar.close()
-    return results
+    results = {result.plan: result for part in gather(mine) for result in part}
+    results.update(done)
+    return [results[i] for i in sorted(results)]

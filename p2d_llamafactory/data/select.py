@@ -11,13 +11,14 @@ from typing import Any
 
 from torch import nn
 
+from ..distributed import from_rank0, rank
 from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
 from ..hparams import identity
 from ..io import atomic_write_json
 from ..methods import PROBING_SELECTIONS
 from .baselines import ifd_scores, random_scores
-from .cache import PROGRESS_FILE, SCORES_FILE, ProbeCheckpoint, finished_scores
+from .cache import SCORES_FILE, ProbeCheckpoint, finished_scores, progress_files
 from .metrics import resolve_metric, score_answers
 from .nuggets import NuggetsResult, NuggetsSettings, choose_anchors, frame_turn, nuggets_scores
 from .probe import Prober, ProbeSettings, final_scores, plan_prompts, probe_all
@@ -135,7 +136,7 @@ def _nuggets(
     tokenizer = inputs.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     turns = {i: frame_turn(tokenizer, inputs.frame, inputs.examples[i]) for i in candidates}
-    anchors = choose_anchors(model, turns, nuggets, pad)
+    anchors = from_rank0(choose_anchors(model, turns, nuggets, pad))
     checkpoint = None
     if inputs.output_dir is not None:
         checkpoint = ProbeCheckpoint(inputs.output_dir, {**settings, "anchors": anchors}, NuggetsResult, "candidate")
@@ -182,7 +183,8 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
     k, candidates, skipped = check_selection(args, inputs.token_lengths, inputs.max_length)
     heads = probe_heads(method, inputs)
     settings = selection_settings(args, inputs, heads)
-    if inputs.output_dir is not None and (cached := finished_scores(inputs.output_dir, settings)) is not None:
+    cached = finished_scores(inputs.output_dir, settings) if inputs.output_dir is not None and rank() == 0 else None
+    if (cached := from_rank0(cached)) is not None:  # every rank follows rank 0's decision
         logger.info("P2D: reusing the identical data scores in %s", inputs.output_dir / SCORES_FILE)
         scores = [float("nan") if s is None else s for s in cached["scores"]]
         return Selection(
@@ -225,10 +227,12 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
         scores[i] = float("nan")
     timings = {"data_scoring_seconds": earlier + time.perf_counter() - start}
     selected = top_examples(scores, k, method, attention or None)
-    selection = Selection(method, selected, scores, uses, skipped, timings, attention, anchors)
-    if inputs.output_dir is not None:
+    # every rank gathered the same scores; rank 0's selection is the one written and used
+    selection = from_rank0(Selection(method, selected, scores, uses, skipped, timings, attention, anchors))
+    if inputs.output_dir is not None and rank() == 0:
         atomic_write_json(inputs.output_dir / SCORES_FILE, _scores_record(selection, settings))
-        (inputs.output_dir / PROGRESS_FILE).unlink(missing_ok=True)
+        for path in progress_files(inputs.output_dir):
+            path.unlink()
     return selection
 
 

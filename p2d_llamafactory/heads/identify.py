@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed import from_rank0, rank, shard, sum_over_ranks, world_size
 from ..hparams import P2DArguments, heads_to_select, identity, with_later_keys
 from ..methods import DATA_SCORERS, PROXY_SCORERS
 from .headset import HEADS_FILE, HEATMAP_FILE, HeadSet
@@ -116,7 +117,7 @@ def reusable_head_set(output_dir: str | None, settings: dict[str, Any], layout: 
 def _found_in_this_run(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayout) -> HeadSet:
     """The head set that this run's data selection identified on the full training data (its output dir)."""
     path = Path(inputs.output_dir or ".") / HEADS_FILE
-    head_set = HeadSet.load(path) if path.is_file() else None
+    head_set = from_rank0(HeadSet.load(path) if rank() == 0 and path.is_file() else None)
     expected = {key: value for key, value in head_identity(args, inputs.model_name, None).items() if key != "fhi_data"}
     found = {key: value for key, value in (head_set.settings if head_set else {}).items() if key != "fhi_data"}
     if head_set is None or found != expected or head_set.shape != layout.shape():
@@ -141,7 +142,7 @@ def identify_heads(
         head_set = HeadSet.load(args.p2d_heads_file)
         head_set.check_shape(layout)
         logger.info("P2D: using %d heads from %s", len(head_set.selected), args.p2d_heads_file)
-        own = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir else None
+        own = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir and rank() == 0 else None
         if own is not None and own.resolve() != Path(args.p2d_heads_file).resolve():
             head_set.save(own)  # the run's output dir holds the head set it trained with
         return head_set
@@ -150,17 +151,19 @@ def identify_heads(
 
     num_selected = heads_to_select(args.p2d_head_ratio, layout.total_heads)
     examples, settings = plan_identification(inputs.examples, args, inputs.model_name)
-    out_path = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir else None
-    if (previous := reusable_head_set(inputs.output_dir, settings, layout)) is not None:
+    out_path = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir and rank() == 0 else None
+    previous = reusable_head_set(inputs.output_dir, settings, layout) if rank() == 0 else None
+    if (previous := from_rank0(previous)) is not None:  # every rank follows rank 0's decision
         return previous
 
     logger.info(
-        "P2D: stage I, head identification (%s): %d examples, %d proxy steps, keeping %d of %d heads",
+        "P2D: stage I, head identification (%s): %d examples, %d proxy steps, keeping %d of %d heads%s",
         args.p2d_head_selection,
         len(examples),
         args.p2d_fhi_steps,
         num_selected,
         layout.total_heads,
+        f", the micro-batches shared by {world_size()} ranks" if world_size() > 1 else "",
     )
     timings: dict[str, float] = {}
     proxy_loss: list[float] = []
@@ -171,8 +174,9 @@ def identify_heads(
     if method == "random":
         scores = random_scores(layout, args.p2d_seed)
     elif method == "gradient":
-        batches = make_batches(examples, inputs.collate, inputs.micro_batch_size, device)
-        scores = gradient_scores(model, layout, batches, count_label_tokens(batches), inputs.progress)
+        batches = shard(make_batches(examples, inputs.collate, inputs.micro_batch_size, device))
+        num_tokens = int(sum_over_ranks(count_label_tokens(batches)))
+        scores = gradient_scores(model, layout, batches, num_tokens, inputs.progress)
     else:
         if args.p2d_task_model is not None:
             other = _load_task_model(args.p2d_task_model, device)
@@ -199,6 +203,7 @@ def identify_heads(
         timings=timings,
         proxy_loss=proxy_loss,
     )
+    head_set = from_rank0(head_set)  # every rank computed the same scores; rank 0's are the ones written
     if out_path is not None:
         head_set.save(out_path)
         title = f"P2D head scores ({method}), {len(head_set.selected)} of {layout.total_heads} heads selected"
@@ -219,7 +224,7 @@ def _train_proxy(
     """The FHI proxy of ``model``, once its memory estimate fits beside the model (else refused, before any
     allocation)."""
     check_proxy_fits(model, layout, args.p2d_fhi_trainable, micro_batch_tokens(examples, inputs.micro_batch_size))
-    batches = make_batches(examples, inputs.collate, inputs.micro_batch_size, device)
+    batches = shard(make_batches(examples, inputs.collate, inputs.micro_batch_size, device))
     steps, lr = args.p2d_fhi_steps, args.p2d_fhi_lr
     return train_proxy(model, batches, steps, lr, inputs.progress, args.p2d_fhi_trainable, layout)
 

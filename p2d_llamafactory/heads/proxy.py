@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import all_reduce_sum_, is_distributed, sum_over_ranks
 from .layout import AttentionLayout, find_attention_layout
 
 
@@ -173,8 +174,11 @@ def _fit(
     model: nn.Module, params: list[nn.Parameter], batches: Sequence[Batch], steps: int, lr: float, progress: bool
 ) -> list[float]:
     """``steps`` full-batch AdamW steps of ``params``: each accumulates the gradient of the mean token loss over all
-    micro-batches, so the update is the full-batch one whatever the micro-batch size. Returns the loss per step."""
-    num_tokens = count_label_tokens(batches)
+    micro-batches, so the update is the full-batch one whatever the micro-batch size. Returns the loss per step.
+
+    Under ``torchrun``, ``batches`` is this rank's share of the micro-batches: the token count and the gradients are
+    summed over the ranks before each step, so every rank applies the same full-batch update."""
+    num_tokens = int(sum_over_ranks(count_label_tokens(batches)))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     losses = []
     bar = tqdm(range(steps), desc="P2D proxy training (FHI)", disable=not progress)
@@ -186,6 +190,12 @@ def _fit(
             loss = model(**batch).loss * (n / num_tokens)
             loss.backward()
             total += float(loss.detach())
+        if is_distributed():
+            for param in params:  # a rank without micro-batches, or a weight unused by its share, adds zeros
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+            all_reduce_sum_([param.grad for param in params])
+            total = sum_over_ranks(total)
         optimizer.step()
         losses.append(total)
         bar.set_postfix(loss=f"{total:.4f}")
@@ -206,9 +216,10 @@ def train_proxy(
 
     ``trainable="all"``: the proxy is a float32 copy of ``model``, all of it trained. ``"attention"``: only float32
     copies of the q/k/v projections train, inside ``model`` (:func:`float32_projections`), which is left as it was;
-    the proxy is their :func:`projection_view`. Either way scoring reads the proxy like a model.
+    the proxy is their :func:`projection_view`. Either way scoring reads the proxy like a model. Under ``torchrun``
+    ``batches`` is this rank's share (see :func:`_fit`).
     """
-    if count_label_tokens(batches) == 0:
+    if sum_over_ranks(count_label_tokens(batches)) == 0:
         raise ValueError("The FHI examples have no response tokens to train on.")
     if trainable == "all":
         proxy = copy.deepcopy(model).to(torch.float32)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import all_reduce_sum_
 from .layout import AttentionLayout, layer_parameters, projection_weights, split_projections
 
 
@@ -99,7 +100,9 @@ def gradient_scores(
     num_label_tokens: int,
     progress: bool = True,
 ) -> torch.Tensor:
-    """SNIP-style sensitivity: |W * dL/dW| summed over each head's slices, with L the mean token loss."""
+    """SNIP-style sensitivity: |W * dL/dW| summed over each head's slices, with L the mean token loss. Under
+    ``torchrun``, ``batches`` is this rank's share and ``num_label_tokens`` the count over all ranks: the gradients
+    are summed over the ranks before scoring."""
     per_layer = [layer_parameters(model, layout, layer) for layer in range(layout.num_layers)]
     params = [w for weights in per_layer for w in weights.values()]
     flags = [p.requires_grad for p in params]
@@ -117,6 +120,7 @@ def gradient_scores(
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
         model.train(was_training)
+    all_reduce_sum_(grads)
     scores = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
     grads_iter = iter(grads)
     for layer, weights in enumerate(per_layer):
