@@ -12,6 +12,7 @@ class RunContext:
     tokenizer: Any = None
     train_dataset: Any = None
     full_data_tokens: int | None = None  # tokens of the training split before data selection
+    pending_selection: Any = None  # (aligned training split, its tokenizer function) while get_dataset runs
 
 
 CURRENT = RunContext()

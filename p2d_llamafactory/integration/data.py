@@ -1,4 +1,10 @@
-"""Patches of ``llamafactory.data.loader``."""
+"""Patches of ``llamafactory.data.loader``.
+
+LLaMA-Factory loads, aligns and tokenizes the data inside ``main_process_first`` (each node's rank 0 first, the
+other ranks after it), where ranks cannot work together. So the training split's tokenization is deferred there, and
+P2D's stages I and II run right after LLaMA-Factory's ``get_dataset``, on every rank together; only the selected
+subset is tokenized (again rank 0 first, so the datasets cache is written once).
+"""
 
 from types import ModuleType
 
@@ -6,9 +12,32 @@ from . import wrap
 from .context import CURRENT
 
 
+def _selects_data() -> bool:
+    args = CURRENT.finetuning_args
+    return args is not None and args.p2d_data_selection != "none"
+
+
 def get_dataset(original, template, model_args, data_args, training_args, stage, tokenizer, processor=None):
-    """Remember the tokenized training split and tokenizer, for Fast Head Identification."""
-    dataset_module = original(template, model_args, data_args, training_args, stage, tokenizer, processor)
+    """Run P2D data selection on the aligned training split that LLaMA-Factory left untokenized, then tokenize the
+    selected subset (and save it to ``tokenized_path``, if given); remember the tokenizer and the training split,
+    for Fast Head Identification."""
+    CURRENT.pending_selection = None
+    tokenized_path = data_args.tokenized_path
+    if _selects_data():
+        data_args.tokenized_path = None  # LLaMA-Factory would save the split before selection: saved below instead
+    try:
+        dataset_module = original(template, model_args, data_args, training_args, stage, tokenizer, processor)
+    finally:
+        data_args.tokenized_path = tokenized_path
+    if CURRENT.pending_selection is not None:
+        from .selection import run_data_selection
+
+        dataset, tokenize = CURRENT.pending_selection
+        CURRENT.pending_selection = None
+        subset = run_data_selection(dataset, data_args, training_args, template, tokenizer, tokenize)
+        dataset_module["train_dataset"] = tokenize(subset)
+        if tokenized_path is not None and training_args.should_save:
+            _save_tokenized(dataset_module, tokenized_path)
     CURRENT.tokenizer = tokenizer
     CURRENT.train_dataset = dataset_module.get("train_dataset")
     return dataset_module
@@ -17,17 +46,34 @@ def get_dataset(original, template, model_args, data_args, training_args, stage,
 def _get_preprocessed_dataset(
     original, dataset, data_args, training_args, stage, template, tokenizer, processor=None, is_eval=False
 ):
-    """Run P2D data selection on the aligned training split, then tokenize only the selected subset."""
-    args = CURRENT.finetuning_args
-    if is_eval or dataset is None or args is None or args.p2d_data_selection == "none":
+    """Leave the training split aligned but untokenized when P2D selects data: ``get_dataset`` selects from it."""
+    if is_eval or dataset is None or not _selects_data():
         return original(dataset, data_args, training_args, stage, template, tokenizer, processor, is_eval)
-    from .selection import run_data_selection
 
     def tokenize(subset):
-        return original(subset, data_args, training_args, stage, template, tokenizer, processor, is_eval)
+        local = not data_args.data_shared_file_system
+        with training_args.main_process_first(desc="pre-process dataset", local=local):
+            return original(subset, data_args, training_args, stage, template, tokenizer, processor, is_eval)
 
-    subset = run_data_selection(dataset, data_args, training_args, template, tokenizer, tokenize)
-    return tokenize(subset)
+    CURRENT.pending_selection = (dataset, tokenize)
+    return dataset
+
+
+def _save_tokenized(dataset_module: dict, path: str) -> None:
+    """The tokenized splits in LLaMA-Factory's ``tokenized_path`` layout (``train``, ``validation[_name]``)."""
+    from datasets import DatasetDict
+    from llamafactory.extras import logging as lf_logging
+
+    splits = {"train": dataset_module["train_dataset"]}
+    evaluation = dataset_module.get("eval_dataset")
+    if isinstance(evaluation, dict):
+        splits.update({f"validation_{name}": split for name, split in evaluation.items()})
+    elif evaluation is not None:
+        splits["validation"] = evaluation
+    DatasetDict(splits).save_to_disk(path)
+    lf_logging.get_logger(__name__).info_rank0(
+        f"Tokenized dataset (the P2D-selected training split) is saved at {path}."
+    )
 
 
 def patch_data_loader(module: ModuleType) -> None:

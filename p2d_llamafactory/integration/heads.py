@@ -21,8 +21,9 @@ def run_head_identification(
     model_name: str,
     found_in_this_run: bool = False,
 ) -> HeadSet:
-    """The run's head set (rank 0 first; the other ranks reuse its file), with its time in p2d_timings.json
-    (earlier sessions of the same run count as this run's; a heads file's time as inherited)."""
+    """The run's head set, identified by every rank together (under ``torchrun`` the FHI micro-batches are shared;
+    rank 0 writes the file), with its time in p2d_timings.json (earlier sessions of the same run count as this
+    run's; a heads file's time as inherited)."""
     from transformers import DataCollatorForSeq2Seq
 
     inputs = FHIInputs(
@@ -34,8 +35,7 @@ def run_head_identification(
         output_dir=training_args.output_dir,
         progress=not training_args.disable_tqdm,
     )
-    with training_args.main_process_first(desc="P2D head identification", local=False):
-        head_set = identify_heads(inputs, finetuning_args, layout, found_in_this_run)
+    head_set = identify_heads(inputs, finetuning_args, layout, found_in_this_run)
     if training_args.should_save and head_set.timings:
         # a heads file's identification was paid by the run that made it: booked as inherited, not as this run's
         key = "head_identification_seconds"

@@ -24,7 +24,7 @@ def two_datasets(tmp_path_factory):
 CASES = {
     "p2d with p2d_heads": {"finetuning_type": "p2d_heads", "p2d_data_selection": "p2d"},
     "p2d with lora and a heads file": {"finetuning_type": "lora", "p2d_data_selection": "p2d", "heads_file": True},
-    "random with full": {"finetuning_type": "full", "p2d_data_selection": "random"},
+    "random with full": {"finetuning_type": "full", "p2d_data_selection": "random", "tokenized_path": True},
     "ifd with freeze": {"finetuning_type": "freeze", "p2d_data_selection": "ifd"},
     "data_whisperer with lora": {"finetuning_type": "lora", "p2d_data_selection": "data_whisperer"},
     "nuggets with lofit": {"finetuning_type": "lofit", "p2d_data_selection": "nuggets", "p2d_nuggets_anchors": 6},
@@ -61,6 +61,8 @@ def test_each_selection_method_through_the_cli(case, tiny_models, two_datasets, 
             [(0, 2), (2, 1), (2, 3)],
         ).save(tmp_path / "heads.json")
         overrides["p2d_heads_file"] = str(tmp_path / "heads.json")
+    if spec.get("tokenized_path"):
+        overrides["tokenized_path"] = str(tmp_path / "tokenized")
     config = train_config(tiny_models["llama"], two_datasets, tmp_path / "out", **overrides)
     config = {k: v for k, v in config.items() if v is not None}
     log = run_cli("train", str(write_yaml(tmp_path / "run.yaml", config)), cwd=tmp_path)
@@ -86,5 +88,11 @@ def test_each_selection_method_through_the_cli(case, tiny_models, two_datasets, 
         assert len(scores["anchors"]) == 6 and set(scores["anchors"]) <= set(range(54))
         assert all(s is not None and round(s * 6, 6) == int(round(s * 6)) for s in scores["scores"])
         assert "P2D Nuggets (one-shot scoring)" in log
+    if spec.get("tokenized_path"):  # saved once the training split is the selected one, in LLaMA-Factory's layout
+        from datasets import load_from_disk
+
+        saved = load_from_disk(str(tmp_path / "tokenized"))
+        assert saved["train"].num_rows == 14 and saved["validation"].num_rows == 6
+        assert "input_ids" in saved["train"].column_names
     if spec["finetuning_type"] == "lofit":  # LoFiT's step 1 runs on the selected subset, as the paper does
         assert json.loads((out / "p2d_lofit_heads.json").read_text())["proxy_loss"] and "LoFiT" in log
