@@ -36,7 +36,7 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
     if not do_train:
         return
     if is_deepspeed_zero3_enabled():
-        raise ValueError(f"{method} supports DeepSpeed ZeRO stages 0-2, not ZeRO-3.")
+        check_zero3(finetuning_args, method)
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if getattr(config, "quantization_config", None) is not None:
         raise ValueError(f"{method} needs a full-precision model; {model_args.model_name_or_path} is quantized.")
@@ -49,13 +49,13 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
 
 
 def check_fsdp(training_args: Any, finetuning_type: str = "p2d_heads") -> None:
-    """Per-head training under FSDP is refused: plain DDP and DeepSpeed ZeRO-0/1/2 are the tested ways to train
+    """Per-head training under FSDP is refused: plain DDP and DeepSpeed ZeRO-0/1/2/3 are the tested ways to train
     on several devices (FSDP would flatten the frozen one-hot factors together with the trainable ones)."""
     fsdp = getattr(training_args, "fsdp", None)
     if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         raise ValueError(
             f"`finetuning_type: {finetuning_type}` does not support FSDP (`fsdp` / accelerate's FSDP plugin); train with plain "
-            "DDP (FORCE_TORCHRUN=1) or DeepSpeed ZeRO stages 0-2 (`deepspeed: yaml_examples/deepspeed/ds_z2_config.json`)."
+            "DDP (FORCE_TORCHRUN=1) or DeepSpeed (`deepspeed: yaml_examples/deepspeed/ds_z2_config.json` or ds_z3_config.json)."
         )
 
 
@@ -111,6 +111,18 @@ def check_head_sources(model_args: Any, finetuning_args: Any, config=None, layou
             raise ValueError(
                 f"`p2d_task_model` has attention shape {task_layout.shape()}; the base model has {layout.shape()}."
             )
+
+
+def check_zero3(finetuning_args: Any, method: str) -> None:
+    """Under DeepSpeed ZeRO-3 P2D reads whole copies of the weights for stages I and II; LoFiT's step 1 and the
+    AER's timed full fine-tuning steps would run on the partitioned model, so they are refused."""
+    if finetuning_args.finetuning_type == "lofit":
+        raise ValueError(f"{method} supports DeepSpeed ZeRO stages 0-2, not ZeRO-3; use ZeRO-2 (or `p2d_heads`).")
+    if finetuning_args.p2d_aer_estimate_steps is not None:
+        raise ValueError(
+            "`p2d_aer_estimate_steps` times full fine-tuning steps of the model, which DeepSpeed ZeRO-3 partitions over "
+            "the ranks; give `p2d_aer_reference` (a full fine-tuning run's output dir) instead."
+        )
 
 
 def check_data_selection(data_args: Any, finetuning_args: Any) -> None:

@@ -7,7 +7,8 @@ rank r takes units r, r + W, r + 2W, ... Each unit then runs exactly as in a sin
 padding), so the gathered results equal the single-process ones; only sums of gradients change their order.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -117,3 +118,19 @@ def map_sharded(function: Callable[[T], R], units: Sequence[T]) -> list[R]:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+@contextmanager
+def whole_models() -> Iterator[None]:
+    """Models built or loaded inside are whole on every rank even when DeepSpeed ZeRO-3 is configured (transformers
+    would partition their weights over the ranks as it builds them): stages I and II read whole weights."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = reference() if reference is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)

@@ -139,3 +139,24 @@ def test_saved_adapter_reproduces_logits_with_plain_peft_and_no_plugin(tiny_toke
     with torch.no_grad(), model.disable_adapter():
         untrained = model(input_ids=ids).logits
     assert (trained - untrained).abs().max() > 1e-3  # the comparison above is not trivially satisfied
+
+
+@pytest.mark.parametrize("kind", ["llama", "phi3"])
+def test_a_save_given_only_the_trainable_weights_keeps_the_fixed_factors(tiny_tokenizer, tmp_path, kind):
+    """DeepSpeed ZeRO-3 hands ``save_pretrained`` a state dict of the trainable weights only: the saved adapter must
+    still hold the fixed one-hot factors, equal to the model's own."""
+    from safetensors.torch import load_file
+
+    base = build_model(kind, tiny_tokenizer)
+    model = apply_head_slices(base, find_attention_layout(base), SELECTED, ("q", "k", "v", "o"))
+    train_like(model)
+    full = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    trainable = {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+    assert 0 < len(trainable) < len(full)
+    model.save_pretrained(tmp_path / "complete")
+    model.save_pretrained(tmp_path / "trainable_only", state_dict=trainable)
+    complete = load_file(tmp_path / "complete" / "adapter_model.safetensors")
+    rebuilt = load_file(tmp_path / "trainable_only" / "adapter_model.safetensors")
+    assert rebuilt.keys() == complete.keys()
+    for key in complete:
+        assert torch.equal(rebuilt[key], complete[key]), key

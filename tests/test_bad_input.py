@@ -284,10 +284,23 @@ def test_fsdp_training_of_head_slices_is_refused_before_anything_loads(make_args
     args = make_args(fsdp="full_shard", use_cpu=True) if how == "fsdp key" else make_args()
     if how == "accelerate plugin":
         monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match=r"does not support FSDP .*plain DDP .*ZeRO stages 0-2"):
+    with pytest.raises(ValueError, match=r"does not support FSDP .*plain DDP .*DeepSpeed .*ds_z3_config"):
         parse_train_args(args)
     assert not (tmp_path / "out").exists()
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     parse_train_args(
         make_args(fsdp="full_shard", use_cpu=True, finetuning_type="lora", p2d_head_ratio=None)
     )  # other methods: LF's
+
+
+def test_zero3_refuses_lofit_and_the_timed_aer_estimate_and_takes_the_rest():
+    from types import SimpleNamespace
+
+    from p2d_llamafactory.checks import check_zero3
+
+    run = lambda **kw: SimpleNamespace(**{"finetuning_type": "p2d_heads", "p2d_aer_estimate_steps": None, **kw})
+    with pytest.raises(ValueError, match=r"`finetuning_type: lofit` supports DeepSpeed ZeRO stages 0-2, not ZeRO-3"):
+        check_zero3(run(finetuning_type="lofit"), "`finetuning_type: lofit`")
+    with pytest.raises(ValueError, match=r"`p2d_aer_estimate_steps` .* ZeRO-3 .* give `p2d_aer_reference`"):
+        check_zero3(run(p2d_aer_estimate_steps=3), "`finetuning_type: p2d_heads`")
+    check_zero3(run(), "`finetuning_type: p2d_heads`")  # the head slices train under ZeRO-3

@@ -1,10 +1,11 @@
 """Turn a model into a PeftModel whose only trainable parameters are the selected heads' slices."""
 
+import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
 from ..heads.layout import AttentionLayout
-from .config import lora_config, slice_targets
+from .config import SliceTarget, lora_config, slice_targets
 from .layer import init_head_slice
 
 
@@ -21,7 +22,43 @@ def apply_head_slices(
     base = peft_model.get_base_model()
     for target in targets:
         init_head_slice(base.get_submodule(target.module), adapter_name, target)
+    _complete_saved_state_dicts(peft_model, targets, adapter_name)
     return peft_model
+
+
+def fixed_factor(target: SliceTarget, in_features: int, out_features: int) -> tuple[str, torch.Tensor]:
+    """The fixed one-hot factor of a slice: ``lora_B`` (out x rank) for rows, ``lora_A`` (rank x in) for columns."""
+    rank = torch.arange(target.rank)
+    index = torch.tensor(target.index, dtype=torch.long)
+    if target.kind == "rows":
+        factor = torch.zeros(out_features, target.rank)
+        factor[index, rank] = 1.0
+        return "lora_B", factor
+    factor = torch.zeros(target.rank, in_features)
+    factor[rank, index] = 1.0
+    return "lora_A", factor
+
+
+def _complete_saved_state_dicts(peft_model: PeftModel, targets: list[SliceTarget], adapter_name: str) -> None:
+    """``peft_model.save_pretrained(state_dict=...)`` adds the fixed one-hot factors that the given state dict lacks:
+    under DeepSpeed ZeRO-3 the Trainer gathers a PEFT model's trainable parameters only, and the artifact needs both
+    factors."""
+    base = peft_model.get_base_model()
+    fixed = {}
+    for target in targets:
+        layer = base.get_submodule(target.module)
+        name, factor = fixed_factor(target, layer.in_features, layer.out_features)
+        fixed[f"base_model.model.{target.module}.{name}.{adapter_name}.weight"] = factor
+    save_pretrained = peft_model.save_pretrained
+
+    def save_complete(save_directory, *args, state_dict=None, **kwargs):
+        if state_dict is not None:
+            dtype = next((v.dtype for k, v in state_dict.items() if "lora_" in k), torch.float32)
+            missing = {key: value.to(dtype) for key, value in fixed.items() if key not in state_dict}
+            state_dict = {**state_dict, **missing}
+        return save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    peft_model.save_pretrained = save_complete
 
 
 def count_slice_params(layout: AttentionLayout, selected: list[tuple[int, int]], modules: tuple[str, ...]) -> int:

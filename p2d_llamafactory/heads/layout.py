@@ -167,7 +167,9 @@ def layout_from_config(config: Any) -> AttentionLayout:
     """Layout of the model a config describes, built on the meta device (no weights are loaded)."""
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
+    from ..distributed import whole_models
+
+    with torch.device("meta"), whole_models():
         model = AutoModelForCausalLM.from_config(config)
     return find_attention_layout(model)
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from torch import nn
 
+from ..distributed import whole_models
 from ..heads.headset import HeadSet
 from ..heads.identify import FHIInputs, identify_heads
 from ..heads.layout import AttentionLayout
@@ -44,3 +45,23 @@ def run_head_identification(
             {(INHERITED_PREFIX + key if finetuning_args.p2d_heads_file else key): head_set.timings["total_seconds"]},
         )
     return head_set
+
+
+def whole_model_loader(model_args, device) -> Callable[[], nn.Module]:
+    """Loads the base model once, on first call, whole on every rank (also under DeepSpeed ZeRO-3, where
+    LLaMA-Factory's own model is partitioned over the ranks), for stages I and II."""
+    cache: dict[str, nn.Module] = {}
+
+    def load() -> nn.Module:
+        if "model" not in cache:
+            from transformers import AutoModelForCausalLM
+
+            dtype = model_args.compute_dtype or "auto"
+            with whole_models():  # every rank scores with whole weights, also under ZeRO-3
+                model = AutoModelForCausalLM.from_pretrained(
+                    model_args.model_name_or_path, dtype=dtype, trust_remote_code=model_args.trust_remote_code
+                )
+            cache["model"] = model.to(device).eval()
+        return cache["model"]
+
+    return load

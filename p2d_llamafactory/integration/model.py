@@ -15,17 +15,21 @@ logger = logging.getLogger(__name__)
 
 def setup_p2d_heads(model, model_args, finetuning_args):
     """Stage I (or its result) then stage III set-up: returns a PeftModel training only the selected head slices."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     from ..adapter import apply_head_slices
     from ..heads.layout import find_attention_layout
-    from .heads import run_head_identification
+    from .heads import run_head_identification, whole_model_loader
 
     training_args = CURRENT.training_args
     if training_args is None:
         raise RuntimeError("P2D: `init_adapter` ran before `get_train_args`; launch with `llamafactory-cli train`.")
     layout = find_attention_layout(model)
     dataset = CURRENT.train_dataset
+    # under ZeRO-3 ``model``'s weights are partitioned over the ranks: stage I reads a whole copy
+    fhi_model = whole_model_loader(model_args, training_args.device) if is_deepspeed_zero3_enabled() else model
     head_set = run_head_identification(
-        model,
+        fhi_model,
         dataset if dataset is not None else [],
         layout,
         finetuning_args,
@@ -41,7 +45,7 @@ def setup_p2d_heads(model, model_args, finetuning_args):
         ",".join(finetuning_args.head_modules),
         head_set.method,
     )
-    total = sum(param.numel() for param in model.parameters())
+    total = sum(getattr(param, "ds_numel", param.numel()) for param in model.parameters())  # ZeRO-3: whole sizes
     model = apply_head_slices(model, layout, head_set.selected, finetuning_args.head_modules)
     if training_args.should_save:
         record_p2d_heads_run(training_args, finetuning_args, layout, head_set, total)
@@ -86,7 +90,7 @@ def setup_lofit(model, model_args, finetuning_args):
         layout.total_heads,
         trainable,
     )
-    total = sum(param.numel() for param in model.parameters())
+    total = sum(getattr(param, "ds_numel", param.numel()) for param in model.parameters())  # ZeRO-3: whole sizes
     model = apply_lofit_biases(model, layout, head_set.selected, finetuning_args.p2d_seed)
     if training_args.should_save:
         record_timings(training_args.output_dir, {"head_identification_seconds": head_set.timings["total_seconds"]})

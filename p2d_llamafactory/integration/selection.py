@@ -7,15 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..data.prompts import Example, examples_fingerprint
 from ..data.report import write_selection_report
 from ..data.select import SelectionInputs, check_selection, select_examples
 from ..heads.layout import layout_from_config
 from ..report.aer import record_timings
 from .context import CURRENT
-from .heads import run_head_identification
+from .heads import run_head_identification, whole_model_loader
 from .template import chat_frame
 
 
@@ -37,23 +35,6 @@ def aligned_examples(dataset) -> list[Example]:
     return examples
 
 
-def _model_loader(model_args, device) -> Callable[[], torch.nn.Module]:
-    cache: dict[str, torch.nn.Module] = {}
-
-    def load() -> torch.nn.Module:
-        if "model" not in cache:
-            from transformers import AutoModelForCausalLM
-
-            dtype = model_args.compute_dtype or "auto"
-            model = AutoModelForCausalLM.from_pretrained(
-                model_args.model_name_or_path, dtype=dtype, trust_remote_code=model_args.trust_remote_code
-            )
-            cache["model"] = model.to(device).eval()
-        return cache["model"]
-
-    return load
-
-
 def _head_set(args, layout, tokenize_all: Callable[[], Any], load_model, training_args, tokenizer, model_name):
     """The run's head set for data selection: a heads file, or stage I on the full data (p2d with p2d_heads)."""
     if not args.p2d_heads_file and (args.p2d_data_selection != "p2d" or args.finetuning_type != "p2d_heads"):
@@ -71,7 +52,7 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
     model_name = model_args.model_name_or_path
     config = AutoConfig.from_pretrained(model_name, trust_remote_code=model_args.trust_remote_code)
     layout = layout_from_config(config)
-    load_model = _model_loader(model_args, training_args.device)
+    load_model = whole_model_loader(model_args, training_args.device)
     encode = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
     token_lengths = [encode(ex.prompt) + encode(ex.response) for ex in examples]
     check_selection(args, token_lengths, data_args.cutoff_len)  # before stage I and any model load
