@@ -87,7 +87,11 @@ def test_auto_picks_em_for_gsm8k_labels_and_reports_percent(tmp_path):
     assert report["num_predictions"] == 4
     assert report["references"] == "label"
     assert report["predictions_file"] == str(path)
-    assert set(report) == {"metric", "score", "num_predictions", "predictions_file", "references", "per_example"}
+    assert report["format_adoption"] == pytest.approx(
+        75.0
+    )  # "no" has no final "#### N"; "#### 10" is wrong but adopted
+    keys = {"metric", "score", "num_predictions", "predictions_file", "references", "per_example", "format_adoption"}
+    assert set(report) == keys
 
 
 def test_auto_picks_rouge_for_text_labels(tmp_path):
@@ -108,7 +112,7 @@ def test_run_directory_default_output_and_cli(tmp_path, capsys):
     _write_predictions(run / PREDICTIONS_FILE, _pairs([("#### 5", "#### 5"), ("#### 6", "#### 7")]))
     assert main([str(run)]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "em = 50.00 on 2 predictions" in out
+    assert out.count("\n") == 1 and "em = 50.00 on 2 predictions" in out and "100.0% adopt the '#### N' format" in out
     report = json.loads((run / REPORT_FILE).read_text())
     assert report["metric"] == "em" and report["score"] == 50.0 and report["per_example"] == [1.0, 0.0]
     first = (run / REPORT_FILE).read_bytes()

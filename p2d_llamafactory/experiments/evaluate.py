@@ -20,6 +20,9 @@ The report ``p2d_eval.json`` (next to the predictions unless ``--output`` says o
     {"metric": "em" | "rougeL", "score": <mean in percent, 0-100>, "num_predictions": N,
      "predictions_file": "...", "references": "label" | "<references file>", "per_example": [...]}
 
+and, for ``em``, ``"format_adoption"``: the percentage of predictions that end with a ``#### <number>`` answer at
+all, right or wrong (the paper's GSM8K format adoption).
+
 ``per_example`` keeps each example's score on the metric's own 0-1 scale (1.0/0.0 for ``em``, the F1 for
 ``rougeL``); only ``score`` is in percent. Usage::
 
@@ -41,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.metrics import exact_match, resolve_metric, rouge_l
+from ..data.metrics import exact_match, final_number, resolve_metric, rouge_l
 from ..io import atomic_write_json, read_json
 from ..methods import METRIC_CHOICES, METRICS
 from ..report.aer import RUN_FILE, read_timings
@@ -195,7 +198,7 @@ def evaluate_predictions(
             )
     resolved = resolve_metric(metric, labels)
     per_example = [score_example(row["predict"], refs, resolved) for row, refs in zip(rows, per_row_refs)]
-    return {
+    report = {
         "metric": resolved,
         "score": 100.0 * sum(per_example) / len(per_example),
         "num_predictions": len(per_example),
@@ -203,6 +206,10 @@ def evaluate_predictions(
         "references": references_name,
         "per_example": per_example,
     }
+    if resolved == "em":  # GSM8K: how many answers adopt the "#### <number>" format at all, right or wrong
+        adopted = sum(final_number(row["predict"]) is not None for row in rows)
+        report["format_adoption"] = 100.0 * adopted / len(rows)
+    return report
 
 
 def write_report(report: dict[str, Any], output: str | os.PathLike | None = None) -> Path:
@@ -219,9 +226,10 @@ def write_report(report: dict[str, Any], output: str | os.PathLike | None = None
 
 def summary_line(report: dict[str, Any], output: str | os.PathLike | None = None) -> str:
     refs = "labels" if report["references"] == "label" else f"references from {report['references']}"
+    adoption = f"; {report['format_adoption']:.1f}% adopt the '#### N' format" if "format_adoption" in report else ""
     line = (
         f"{report['metric']} = {report['score']:.2f} on {report['num_predictions']} predictions "
-        f"from {report['predictions_file']} ({refs})"
+        f"from {report['predictions_file']} ({refs}{adoption})"
     )
     return line + (f" -> {output}" if output is not None else "")
 
