@@ -52,7 +52,7 @@ from .heads.identify import identify_heads as _identify_heads
 from .heads.layout import AttentionLayout, find_attention_layout
 from .hparams import HEAD_LR_SCALE, P2DArguments, identity_keys, keys_of_stage, p2d_keys
 from .io import OutputDirLock, atomic_write_json
-from .report.aer import AER_FILE, INHERITED_PREFIX, aer_record, read_timings, record_timings, write_run_record
+from .report.aer import AER_FILE, aer_record, read_timings, record_timings, write_run_record
 from .report.aer import reference_training_seconds as _reference_training_seconds
 
 
@@ -259,9 +259,8 @@ def identify_heads(
     with _lock(out, "identify_heads"), _eval_mode(model):
         head_set = _identify_heads(inputs, args, layout)
         if out is not None and rank() == 0 and head_set.timings:  # a heads file's time: paid by the run that made it
-            key = "head_identification_seconds"
-            key = INHERITED_PREFIX + key if args.p2d_heads_file else key
-            record_timings(out, {key: head_set.timings["total_seconds"]})
+            seconds = {"head_identification_seconds": head_set.timings["total_seconds"]}
+            record_timings(out, seconds, inherited=bool(args.p2d_heads_file))
     return head_set
 
 
@@ -365,7 +364,7 @@ def select_data(
             write_selection_report(
                 inputs, selection, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed
             )
-            record_timings(out, selection.timings)
+            record_timings(out, selection.timings, inherited=selection.inherited_from is not None)
     logger.info(
         "P2D: data selection (%s) keeps %d of %d examples", selection.method, len(selection.selected), len(texts)
     )

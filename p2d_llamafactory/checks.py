@@ -141,6 +141,9 @@ def check_data_selection(data_args: Any, finetuning_args: Any) -> None:
             f"`tokenized_path` {data_args.tokenized_path!r} holds already tokenized data, which skips "
             "`p2d_data_selection`; remove it or point it to a new folder."
         )
+    scores_file = finetuning_args.p2d_data_scores_file
+    if scores_file is not None and not os.path.isfile(scores_file):
+        raise ValueError(f"`p2d_data_scores_file` {scores_file!r} does not exist (a run's p2d_data_scores.json).")
     if method == "p2d" and finetuning_args.finetuning_type != "p2d_heads" and finetuning_args.p2d_heads_file is None:
         raise ValueError(
             "`p2d_data_selection: p2d` needs a head set: use `finetuning_type: p2d_heads` (stage I finds the heads) "

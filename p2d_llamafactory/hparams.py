@@ -299,6 +299,13 @@ class DataSelectionArguments:
         "Examples (of all, and of the selected) whose base-model perplexity the report compares; 0: none.",
         "selection",
     )
+    p2d_data_scores_file: str | None = p2d_field(
+        None,
+        "Reuse the data selection in this p2d_data_scores.json (another run's, made with this run's selection "
+        "settings, model, data and heads; any other is refused) instead of scoring again; its time counts as "
+        "inherited in the AER.",
+        "selection",
+    )
 
     def __post_init__(self) -> None:
         if self.p2d_data_selection not in DATA_SELECTIONS:

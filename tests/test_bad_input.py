@@ -304,3 +304,9 @@ def test_zero3_refuses_lofit_and_the_timed_aer_estimate_and_takes_the_rest():
     with pytest.raises(ValueError, match=r"`p2d_aer_estimate_steps` .* ZeRO-3 .* give `p2d_aer_reference`"):
         check_zero3(run(p2d_aer_estimate_steps=3), "`finetuning_type: p2d_heads`")
     check_zero3(run(), "`finetuning_type: p2d_heads`")  # the head slices train under ZeRO-3
+
+
+def test_a_missing_scores_file_is_refused_at_parse_time(make_args, tmp_path):
+    with pytest.raises(ValueError, match=r"`p2d_data_scores_file` '.*missing.json' does not exist"):
+        parse_train_args(make_args(p2d_data_selection="random", p2d_data_scores_file=str(tmp_path / "missing.json")))
+    assert not (tmp_path / "out").exists()

@@ -175,6 +175,12 @@ def test_cells_map_to_plugin_keys(files):
         assert "p2d_head_selection" not in cell(name) and "p2d_fhi_steps" not in cell(name)
     for name in ("p2d__p2d_heads", "full_data__p2d_heads", "p2d__random_heads", "p2d__p2d_heads__rhoP0.3"):
         assert "p2d_heads_file" not in cell(name), name
+    # p2d selection with those heads is the heads cell's own selection: its scores are read, not probed again
+    scores = "saves/qwen2.5-7b/bioinstruct/p2d__p2d_heads/p2d_data_scores.json"
+    for name in ("p2d__full", "p2d__lora", "p2d__lofit"):
+        assert cell(name)["p2d_data_scores_file"] == scores, name
+    for name in ("p2d__p2d_heads", "p2d__random_heads", "ifd__p2d_heads", "random__full", "p2d__p2d_heads__rhoD0.3"):
+        assert "p2d_data_scores_file" not in cell(name), name
     assert cell("p2d__p2d_heads")["p2d_head_selection"] == "w1"
     assert cell("data_whisperer__full")["p2d_icl_instruction"] == "biomedical"
     assert "p2d_icl_instruction" not in cell("ifd__full")

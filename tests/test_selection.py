@@ -1,5 +1,6 @@
 """Stage II: prompts and spans, planning, determinism, resume, cache hygiene and bad input."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -296,3 +297,32 @@ def test_teacher_forced_likelihoods_equal_a_full_logits_reference(tiny_tokenizer
             for s, e in prompt.answer_spans
         ]
         assert result.query_scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_scores_file_of_the_same_selection_is_reused_and_another_refused(selection_inputs, tmp_path, monkeypatch):
+    from p2d_llamafactory.report.aer import read_timings, record_timings
+
+    args = _args()
+    first = select_examples(selection_inputs(output_dir=tmp_path / "a"), args)
+    source = str(tmp_path / "a" / SCORES_FILE)
+    calls = []
+    monkeypatch.setattr(probe_module.Prober, "run_batch", lambda *a: calls.append(1))  # must not probe
+    reused = select_examples(selection_inputs(output_dir=tmp_path / "b"), _args(p2d_data_scores_file=source))
+    assert not calls and reused.selected == first.selected and reused.inherited_from == source
+    assert [s for s in reused.scores if not math.isnan(s)] == [s for s in first.scores if not math.isnan(s)]
+    copy = json.loads((tmp_path / "b" / SCORES_FILE).read_text())
+    assert copy["inherited_from"] == source and copy["selected"] == first.selected
+    # a rerun of b finds its copy and still knows another run paid for the scores
+    again = select_examples(selection_inputs(output_dir=tmp_path / "b"), _args())
+    assert again.inherited_from == source and not calls
+    record_timings(tmp_path / "b", reused.timings, inherited=reused.inherited_from is not None)
+    assert read_timings(tmp_path / "b") == {"inherited_data_scoring_seconds": first.timings["data_scoring_seconds"]}
+    with pytest.raises(ValueError, match=r"`p2d_data_scores_file` .* other selection settings .*p2d_icl_demos"):
+        select_examples(
+            selection_inputs(output_dir=tmp_path / "c"), _args(p2d_icl_demos=4, p2d_data_scores_file=source)
+        )
+    inputs = selection_inputs(output_dir=tmp_path / "d")
+    inputs.head_set = dataclasses.replace(inputs.head_set, selected=[(0, 0), (1, 1), (2, 2)])  # other heads
+    with pytest.raises(ValueError, match=r"`p2d_data_scores_file` .* than this run's \(heads differ\)"):
+        select_examples(inputs, _args(p2d_data_scores_file=source))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists() and not calls

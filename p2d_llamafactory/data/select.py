@@ -14,11 +14,11 @@ from torch import nn
 from ..distributed import from_rank0, rank
 from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
-from ..hparams import identity
-from ..io import atomic_write_json
+from ..hparams import identity, with_later_keys
+from ..io import atomic_write_json, read_json
 from ..methods import PROBING_SELECTIONS
 from .baselines import ifd_scores, random_scores
-from .cache import SCORES_FILE, ProbeCheckpoint, finished_scores, progress_files
+from .cache import SCORES_FILE, ProbeCheckpoint, finished_scores, progress_files, same_selection
 from .metrics import resolve_metric, score_answers
 from .nuggets import NuggetsResult, NuggetsSettings, choose_anchors, frame_turn, nuggets_scores
 from .probe import Prober, ProbeSettings, final_scores, plan_prompts, probe_all
@@ -56,6 +56,7 @@ class Selection:
     timings: dict[str, float] = field(default_factory=dict)
     attention: list[float] = field(default_factory=list)  # mean w per example (probing methods)
     anchors: list[int] = field(default_factory=list)  # the anchor examples (nuggets)
+    inherited_from: str | None = None  # the p2d_data_scores_file whose scores these are (another run paid them)
 
 
 def num_to_select(ratio: float, num_examples: int) -> int:
@@ -183,19 +184,20 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
     k, candidates, skipped = check_selection(args, inputs.token_lengths, inputs.max_length)
     heads = probe_heads(method, inputs)
     settings = selection_settings(args, inputs, heads)
-    cached = finished_scores(inputs.output_dir, settings) if inputs.output_dir is not None and rank() == 0 else None
-    if (cached := from_rank0(cached)) is not None:  # every rank follows rank 0's decision
-        logger.info("P2D: reusing the identical data scores in %s", inputs.output_dir / SCORES_FILE)
-        scores = [float("nan") if s is None else s for s in cached["scores"]]
-        return Selection(
-            method,
-            cached["selected"],
-            scores,
-            cached["uses"],
-            cached["skipped_too_long"],
-            cached["timings"],
-            anchors=cached.get("anchors", []),
+    own = inputs.output_dir / SCORES_FILE if inputs.output_dir is not None else None
+    given = args.p2d_data_scores_file
+    if given and not (own is not None and own.resolve() == Path(given).resolve()):
+        cached = given_scores(given, settings)
+        if inputs.output_dir is not None and rank() == 0:  # the run's output dir holds the selection it trained on
+            atomic_write_json(inputs.output_dir / SCORES_FILE, cached)
+    else:
+        cached = (
+            finished_scores(inputs.output_dir, settings) if inputs.output_dir is not None and rank() == 0 else None
         )
+        cached = from_rank0(cached)  # every rank follows rank 0's decision
+    if cached is not None:
+        logger.info("P2D: reusing the identical data scores in %s", cached.get("inherited_from") or own)
+        return _cached_selection(method, cached)
     if skipped:
         logger.warning(
             "P2D: %d examples are longer than %d tokens and are not scored", len(skipped), inputs.max_length
@@ -234,6 +236,38 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
         for path in progress_files(inputs.output_dir):
             path.unlink()
     return selection
+
+
+def _cached_selection(method: str, cached: dict[str, Any]) -> Selection:
+    scores = [float("nan") if s is None else s for s in cached["scores"]]
+    return Selection(
+        method,
+        cached["selected"],
+        scores,
+        cached["uses"],
+        cached["skipped_too_long"],
+        cached["timings"],
+        anchors=cached.get("anchors", []),
+        inherited_from=cached.get("inherited_from"),
+    )
+
+
+def given_scores(path: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The scores record of ``p2d_data_scores_file``, marked as inherited; refused (naming what differs) when it
+    was made with other selection settings, model, data or heads than this run's."""
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"`p2d_data_scores_file` {path!r} cannot be read as a scores file: {err}") from None
+    recorded = record.get("settings") if isinstance(record, dict) else None
+    if not same_selection(recorded, settings):
+        recorded = with_later_keys(recorded, "selection") if isinstance(recorded, dict) else {}
+        differ = sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))
+        raise ValueError(
+            f"`p2d_data_scores_file` {path!r} was made with other selection settings than this run's "
+            f"({', '.join(differ)} differ); point it to a run with the same ones, or leave it out to score again."
+        )
+    return {**record, "inherited_from": record.get("inherited_from") or str(path)}
 
 
 def _scores_record(selection: Selection, settings: dict[str, Any]) -> dict[str, Any]:

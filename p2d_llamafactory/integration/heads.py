@@ -9,7 +9,7 @@ from ..distributed import whole_models
 from ..heads.headset import HeadSet
 from ..heads.identify import FHIInputs, identify_heads
 from ..heads.layout import AttentionLayout
-from ..report.aer import INHERITED_PREFIX, record_timings
+from ..report.aer import record_timings
 
 
 def run_head_identification(
@@ -39,11 +39,8 @@ def run_head_identification(
     head_set = identify_heads(inputs, finetuning_args, layout, found_in_this_run)
     if training_args.should_save and head_set.timings:
         # a heads file's identification was paid by the run that made it: booked as inherited, not as this run's
-        key = "head_identification_seconds"
-        record_timings(
-            training_args.output_dir,
-            {(INHERITED_PREFIX + key if finetuning_args.p2d_heads_file else key): head_set.timings["total_seconds"]},
-        )
+        seconds = {"head_identification_seconds": head_set.timings["total_seconds"]}
+        record_timings(training_args.output_dir, seconds, inherited=bool(finetuning_args.p2d_heads_file))
     return head_set
 
 

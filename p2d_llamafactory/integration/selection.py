@@ -87,7 +87,7 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
         write_selection_report(
             inputs, selection, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed
         )
-        record_timings(training_args.output_dir, selection.timings)
+        record_timings(training_args.output_dir, selection.timings, inherited=selection.inherited_from is not None)
     logger.info(
         "P2D: stage II done in %.1f s: data selection (%s) keeps %d of %d training examples",
         time.perf_counter() - start,

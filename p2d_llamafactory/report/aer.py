@@ -59,8 +59,11 @@ def read_timings(output_dir: str | Path) -> dict[str, float]:
     return read_record(Path(output_dir) / TIMINGS_FILE)
 
 
-def record_timings(output_dir: str | Path, timings: dict[str, float]) -> None:
-    """Merge stage timings into p2d_timings.json."""
+def record_timings(output_dir: str | Path, timings: dict[str, float], inherited: bool = False) -> None:
+    """Merge stage timings into p2d_timings.json (``inherited``: as costs another run paid, e.g. a heads file's
+    stage I or a scores file's data selection)."""
+    if inherited:
+        timings = {INHERITED_PREFIX + key: value for key, value in timings.items()}
     atomic_write_json(Path(output_dir) / TIMINGS_FILE, {**read_timings(output_dir), **timings})
 
 

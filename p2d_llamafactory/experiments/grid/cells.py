@@ -27,8 +27,9 @@ from .spec import (
 )
 
 
-# p2d_heads.json; p2d_llamafactory.heads.headset names it too, but importing that module pulls torch
+# p2d_llamafactory.heads.headset and .data.cache name these too, but importing those modules pulls torch
 HEADS_FILE = "p2d_heads.json"
+SCORES_FILE = "p2d_data_scores.json"
 _LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
 
 
@@ -81,6 +82,17 @@ def _heads_file_needed(selection: str, adaptation: str) -> bool:
     if methods.SELECTIONS[selection].extra.get("needs_heads") and adaptation not in HEAD_ADAPTATION_NAMES:
         return True  # p2d selection needs a head set; full / LoRA training has none
     return adaptation == "p2d_heads" and selection not in ("p2d", "full_data")
+
+
+def _selects_like_heads_source(spec: GridSpec, cell: GridCell) -> bool:
+    """Whether the cell's data selection is the one its heads source (``p2d_heads_from``) made: the same selection
+    method with those heads at the same data ratio; it then reads that cell's scores instead of probing again."""
+    return (
+        spec.heads_from is not None
+        and cell.selection == spec.heads_from[0]
+        and "p2d_data_ratio" not in cell.overrides
+        and not cell.is_tuning
+    )
 
 
 def _add(planned: dict[str, GridCell], cell: GridCell, table: str) -> None:
@@ -246,6 +258,8 @@ def resolve_cell(
     if data_selection != "none":
         method["p2d_data_selection"] = data_selection
         method["p2d_data_ratio"] = cell.overrides.get("p2d_data_ratio", spec.budget["p2d_data_ratio"])
+    if heads_file is not None and _selects_like_heads_source(spec, cell):
+        method["p2d_data_scores_file"] = f"{heads_file.rsplit('/', 1)[0]}/{SCORES_FILE}"
     if data_selection != "none" or head_adaptation or _is_lofit(cell.adaptation):
         method["p2d_seed"] = cell.seed
     if cell.is_tuning and head_adaptation:

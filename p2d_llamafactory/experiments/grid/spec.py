@@ -102,6 +102,7 @@ CELL_KEYS = (
     "p2d_head_selection",
     "p2d_head_ratio",
     "p2d_heads_file",
+    "p2d_data_scores_file",
     "p2d_aer_reference",
     "p2d_seed",
     "seed",

@@ -43,13 +43,10 @@ def _dataset_problems(run: Run) -> list[str]:
 def preflight(run: Run, produced: set[Path]) -> list[str]:
     """Why the run cannot start now (inputs that no earlier run of the sweep writes), or []."""
     problems = _dataset_problems(run)
-    heads_file = run.config.get("p2d_heads_file")
-    if (
-        heads_file
-        and not Path(heads_file).is_file()
-        and Path(os.path.abspath(os.path.dirname(heads_file))) not in produced
-    ):
-        problems.append(f"p2d_heads_file {heads_file} does not exist and no run of this sweep writes it")
+    for key in ("p2d_heads_file", "p2d_data_scores_file"):
+        path = run.config.get(key)
+        if path and not Path(path).is_file() and Path(os.path.abspath(os.path.dirname(path))) not in produced:
+            problems.append(f"{key} {path} does not exist and no run of this sweep writes it")
     reference = run.config.get("p2d_aer_reference")
     if reference and Path(os.path.abspath(reference)) not in produced and training_seconds(reference) is None:
         problems.append(f"p2d_aer_reference {reference} has no training time and no run of this sweep writes it")

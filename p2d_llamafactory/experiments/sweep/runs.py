@@ -243,6 +243,8 @@ def classify(yaml_path: Path, config: dict[str, Any]) -> Run:
     needs = []
     if heads_file:
         needs.append(Path(os.path.abspath(os.path.dirname(heads_file))))
+    if config.get("p2d_data_scores_file"):
+        needs.append(Path(os.path.abspath(os.path.dirname(config["p2d_data_scores_file"]))))
     if config.get("p2d_aer_reference"):
         needs.append(Path(os.path.abspath(config["p2d_aer_reference"])))
     tuning = _is_tuning(config)
