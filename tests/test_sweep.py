@@ -96,10 +96,11 @@ def _mini_grid(project: Path, selections=("full_data", "ifd", "p2d"), adaptation
     return project / "runs" / "smollm2-cpu" / "gsm8k"
 
 
-def _finish(out: Path, score: float | None = 50.0, aer: float | None = 0.5, metric: str = "em") -> None:
+def _finish(out: Path, score: float | None = 50.0, aer: float | None = 0.5, metric: str = "em", **extra) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if score is not None:
-        (out / "p2d_eval.json").write_text(json.dumps({"metric": metric, "score": score, "num_predictions": 10}))
+        record = {"metric": metric, "score": score, "num_predictions": 10, **extra}
+        (out / "p2d_eval.json").write_text(json.dumps(record))
     if aer is not None:
         (out / "p2d_aer.json").write_text(json.dumps({"aer": aer, "mode": "measured"}))
 
@@ -313,7 +314,7 @@ def test_report_tables_and_figure(project):
     (saves / "full_data__full" / "train_results.json").write_text(json.dumps({"train_runtime": 1000.0}))
     _finish(saves / "p2d__p2d_heads", score=80.0, aer=0.30)
     _finish(saves / "p2d__p2d_heads__s4343", score=90.0, aer=0.40)
-    _finish(saves / "p2d__random_heads", score=67.13, aer=0.27)
+    _finish(saves / "p2d__random_heads", score=67.13, aer=0.27, format_adoption=92.0)
     _finish(saves / "ifd__p2d_heads", score=71.42, aer=0.80)
     _finish(saves / "ifd__lora", score=None, aer=0.87)  # AER known, no predictions scored yet
     _finish(saves / "p2d__p2d_heads__rhoD0.3", score=82.2, aer=0.4)
@@ -334,7 +335,7 @@ def test_report_tables_and_figure(project):
     assert "| + full parameters | 100% | 100% | 81.55 | 1.00 | 81.55 |" in md  # one seed: the value alone
     # two seeds: mean ± sample std (n - 1): std(80, 90) = 7.07, std(0.30, 0.40) = 0.07
     assert "| + P2D | 10% | 10% | 85.00 ± 7.07 | 0.35 ± 0.07 | 85.00 |" in md
-    assert "| + random | 10% | 10% | 67.13 | 0.27 | 67.13 |" in md
+    assert "| + random | 10% | 10% | 67.13 [fmt 92%] | 0.27 | 67.13 |" in md  # GSM8K's format adoption
     assert "| + LoRA | 10% | r=128 | – | 0.87 | – |" in md
     assert "| + LoFiT | 10% | 10% | 77.50 | 0.33 | 77.50 |" in md
     # one of the two seeds finished: its value, marked n=1; the other seed is listed, not averaged as zero
@@ -343,7 +344,7 @@ def test_report_tables_and_figure(project):
     # Table 3 (rho_D), Table 4 (rho_P), Table 21 (lock and key)
     assert "| 30% | 82.20 | 0.40 |" in md and "| 100% (full dataset) | – | – |" in md
     assert "| 100% (full parameters) | – | – |" in md and "| 10% | 85.00 ± 7.07 | 0.35 ± 0.07 |" in md
-    assert "| P2D | Random | 67.13 |" in md and "| IFD | P2D | 71.42 (n=1) |" in md
+    assert "| P2D | Random | 67.13 [fmt 92%] |" in md and "| IFD | P2D | 71.42 (n=1) |" in md
     assert "| P2D | P2D | 85.00 ± 7.07 |" in md and "| Nuggets | P2D | – |" in md
     missing = md.split("## Missing runs")[1]
     assert f"- `{extra / 'ifd__p2d_heads__s4343.yaml'}` (seed 4343): no generated_predictions.jsonl" in missing

@@ -27,6 +27,14 @@ def run_score(run: Run) -> tuple[float | None, str | None, int | None]:
     return float(score), record.get("metric"), rows if isinstance(rows, int) and not isinstance(rows, bool) else None
 
 
+def run_format_adoption(run: Run) -> float | None:
+    """The share (%) of the run's answers that end in ``#### N`` (p2d-eval's ``format_adoption``, exact-match
+    runs only); None when its p2d_eval.json has none."""
+    record = read_record(run.out / EVAL_FILE)
+    value = record.get("format_adoption") if record is not None else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def fmt(value: float | None, digits: int = 2) -> str:
     return DASH if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 

@@ -22,7 +22,17 @@ from ...io import atomic_write_text
 from .figure import plot_aer_vs_perf
 from .runs import Run, aer_of, is_finished, percent
 from .stability import stability_report, stability_section
-from .stats import DASH, fmt, fmt_stat, md_table, mean_std, metric_label, missing_runs_lines, run_score
+from .stats import (
+    DASH,
+    fmt,
+    fmt_stat,
+    md_table,
+    mean_std,
+    metric_label,
+    missing_runs_lines,
+    run_format_adoption,
+    run_score,
+)
 from .tuning import write_tuning_report
 
 
@@ -50,6 +60,7 @@ class ResultCell:
     aer_runs: int = 0  # seeds with an AER
     listed: int = 0  # seeds (runs) the sweep lists for the cell
     per_seed: list[tuple[int, float | None, float | None]] = field(default_factory=list)  # (seed, perf, aer)
+    format_adoption: float | None = None  # exact match: mean % of answers ending in "#### N", over the seeds
 
     @property
     def n(self) -> int:
@@ -59,10 +70,13 @@ class ResultCell:
 def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
     """Cell key -> its seeds' values (finished values only; a missing one is never counted as zero)."""
     seeds: dict[tuple, list[tuple[int, float | None, float | None, str | None]]] = {}
+    adoptions: dict[tuple, list[float]] = {}
     for run in runs:
         perf, metric, _ = run_score(run)
         aer, _ = aer_of(run)
         seeds.setdefault(run.key, []).append((run.seed, perf, aer, metric))
+        if (adoption := run_format_adoption(run)) is not None:
+            adoptions.setdefault(run.key, []).append(adoption)
     cells = {}
     for key, entries in seeds.items():
         perfs = [perf for _, perf, _, _ in entries if perf is not None]
@@ -80,12 +94,14 @@ def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
             aer_runs=len(aers),
             listed=len(entries),
             per_seed=sorted((seed, perf, aer) for seed, perf, aer, _ in entries),
+            format_adoption=mean_std(adoptions.get(key, []))[0],
         )
     return cells
 
 
 def _perf(cell: "ResultCell") -> str:
-    return fmt_stat(cell.perf, cell.perf_std, cell.runs, cell.listed)
+    text = fmt_stat(cell.perf, cell.perf_std, cell.runs, cell.listed)
+    return text if cell.format_adoption is None else f"{text} [fmt {cell.format_adoption:.0f}%]"
 
 
 def _aer(cell: "ResultCell") -> str:
@@ -282,7 +298,8 @@ def build_report(runs: list[Run], rho_d: float, rho_p: float) -> tuple[str, str,
         "ROUGE-L (DialogSum, BioInstruct) in %, from `p2d_eval.json`; AER = (selection time + training time) / "
         "t_FFT (Eq. 1; lower is better), from `p2d_aer.json`. Values are mean ± sample std over the seeds of a "
         "cell that have them (just the value for one seed); (n=k): only k of the cell's seeds have the value, "
-        f"the others are under Missing runs. {DASH} : no finished run.",
+        f"the others are under Missing runs. {DASH} : no finished run. [fmt N%]: exact match only, the share of "
+        "answers that end in `#### <number>` at all (GSM8K's format adoption), mean over the seeds.",
     ]
     if tuning:
         md += ["", f"{len(tuning)} tuning run(s) (validation split) are left out of these tables: see `tuning.md`."]
