@@ -184,19 +184,7 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
     k, candidates, skipped = check_selection(args, inputs.token_lengths, inputs.max_length)
     heads = probe_heads(method, inputs)
     settings = selection_settings(args, inputs, heads)
-    own = inputs.output_dir / SCORES_FILE if inputs.output_dir is not None else None
-    given = args.p2d_data_scores_file
-    if given and not (own is not None and own.resolve() == Path(given).resolve()):
-        cached = given_scores(given, settings)
-        if inputs.output_dir is not None and rank() == 0:  # the run's output dir holds the selection it trained on
-            atomic_write_json(inputs.output_dir / SCORES_FILE, cached)
-    else:
-        cached = (
-            finished_scores(inputs.output_dir, settings) if inputs.output_dir is not None and rank() == 0 else None
-        )
-        cached = from_rank0(cached)  # every rank follows rank 0's decision
-    if cached is not None:
-        logger.info("P2D: reusing the identical data scores in %s", cached.get("inherited_from") or own)
+    if (cached := _reusable_scores(inputs.output_dir, args.p2d_data_scores_file, settings)) is not None:
         return _cached_selection(method, cached)
     if skipped:
         logger.warning(
@@ -236,6 +224,21 @@ def select_examples(inputs: SelectionInputs, args) -> Selection:
         for path in progress_files(inputs.output_dir):
             path.unlink()
     return selection
+
+
+def _reusable_scores(output_dir: Path | None, given: str | None, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The scores record to reuse, if any: ``p2d_data_scores_file`` (copied into ``output_dir``; refused when made
+    with other settings), else an identical finished run's in ``output_dir`` (rank 0 decides, every rank follows)."""
+    own = output_dir / SCORES_FILE if output_dir is not None else None
+    if given and not (own is not None and own.resolve() == Path(given).resolve()):
+        cached = given_scores(given, settings)
+        if own is not None and rank() == 0:  # the run's output dir holds the selection it trained on
+            atomic_write_json(own, cached)
+    else:
+        cached = from_rank0(finished_scores(output_dir, settings) if own is not None and rank() == 0 else None)
+    if cached is not None:
+        logger.info("P2D: reusing the identical data scores in %s", cached.get("inherited_from") or own)
+    return cached
 
 
 def _cached_selection(method: str, cached: dict[str, Any]) -> Selection:
