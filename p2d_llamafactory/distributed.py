@@ -115,11 +115,6 @@ def map_sharded(function: Callable[[T], R], units: Sequence[T]) -> list[R]:
     return results
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 @contextmanager
 def whole_models() -> Iterator[None]:
     """Models built or loaded inside are whole on every rank even when DeepSpeed ZeRO-3 is configured (transformers

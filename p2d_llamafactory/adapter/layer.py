@@ -7,19 +7,30 @@ from peft.tuners.lora.layer import LoraLayer, LoraVariant
 from .config import SliceTarget
 
 
+def fixed_factor(target: SliceTarget, in_features: int, out_features: int) -> tuple[str, torch.Tensor]:
+    """The fixed one-hot factor of a slice: ``lora_B`` (out x rank) for rows, ``lora_A`` (rank x in) for columns."""
+    rank = torch.arange(target.rank)
+    index = torch.tensor(target.index, dtype=torch.long)
+    if target.kind == "rows":
+        factor = torch.zeros(out_features, target.rank)
+        factor[index, rank] = 1.0
+        return "lora_B", factor
+    factor = torch.zeros(target.rank, in_features)
+    factor[rank, index] = 1.0
+    return "lora_A", factor
+
+
 def init_head_slice(layer: LoraLayer, adapter: str, target: SliceTarget) -> None:
     """Set the fixed one-hot factor, zero the trainable one, freeze the one-hot, use the fast forward."""
     lora_a, lora_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-    index = torch.tensor(target.index, dtype=torch.long, device=lora_a.device)
-    rank = torch.arange(target.rank, device=lora_a.device)
+    name, factor = fixed_factor(target, layer.in_features, layer.out_features)
+    fixed = lora_b if name == "lora_B" else lora_a
     with torch.no_grad():
         lora_a.zero_()
         lora_b.zero_()
-        if target.kind == "rows":
-            lora_b[index, rank] = 1.0
-        else:
-            lora_a[rank, index] = 1.0
-    (lora_b if target.kind == "rows" else lora_a).requires_grad_(False)
+        fixed.copy_(factor)
+    fixed.requires_grad_(False)
+    index = torch.tensor(target.index, dtype=torch.long, device=lora_a.device)
     layer.register_buffer(f"p2d_index_{adapter}", index, persistent=False)
     layer.p2d_kind = {**getattr(layer, "p2d_kind", {}), adapter: target.kind}
     layer.lora_variant[adapter] = HeadSliceVariant()

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..heads.layout import AttentionLayout
 from .config import SliceTarget, lora_config, slice_targets
-from .layer import init_head_slice
+from .layer import fixed_factor, init_head_slice
 
 
 def apply_head_slices(
@@ -24,19 +24,6 @@ def apply_head_slices(
         init_head_slice(base.get_submodule(target.module), adapter_name, target)
     _complete_saved_state_dicts(peft_model, targets, adapter_name)
     return peft_model
-
-
-def fixed_factor(target: SliceTarget, in_features: int, out_features: int) -> tuple[str, torch.Tensor]:
-    """The fixed one-hot factor of a slice: ``lora_B`` (out x rank) for rows, ``lora_A`` (rank x in) for columns."""
-    rank = torch.arange(target.rank)
-    index = torch.tensor(target.index, dtype=torch.long)
-    if target.kind == "rows":
-        factor = torch.zeros(out_features, target.rank)
-        factor[index, rank] = 1.0
-        return "lora_B", factor
-    factor = torch.zeros(target.rank, in_features)
-    factor[rank, index] = 1.0
-    return "lora_A", factor
 
 
 def _complete_saved_state_dicts(peft_model: PeftModel, targets: list[SliceTarget], adapter_name: str) -> None:

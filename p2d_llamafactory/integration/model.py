@@ -45,7 +45,7 @@ def setup_p2d_heads(model, model_args, finetuning_args):
         ",".join(finetuning_args.head_modules),
         head_set.method,
     )
-    total = sum(getattr(param, "ds_numel", param.numel()) for param in model.parameters())  # ZeRO-3: whole sizes
+    total = _total_params(model)
     model = apply_head_slices(model, layout, head_set.selected, finetuning_args.head_modules)
     if training_args.should_save:
         record_p2d_heads_run(training_args, finetuning_args, layout, head_set, total)
@@ -90,7 +90,7 @@ def setup_lofit(model, model_args, finetuning_args):
         layout.total_heads,
         trainable,
     )
-    total = sum(getattr(param, "ds_numel", param.numel()) for param in model.parameters())  # ZeRO-3: whole sizes
+    total = _total_params(model)
     model = apply_lofit_biases(model, layout, head_set.selected, finetuning_args.p2d_seed)
     if training_args.should_save:
         record_timings(training_args.output_dir, {"head_identification_seconds": head_set.timings["total_seconds"]})
@@ -100,6 +100,11 @@ def setup_lofit(model, model_args, finetuning_args):
         if param.requires_grad:
             param.data = param.data.to(torch.float32)
     return model
+
+
+def _total_params(model) -> int:
+    """The model's parameter count; under ZeRO-3 a partitioned parameter counts its whole size (``ds_numel``)."""
+    return sum(getattr(param, "ds_numel", param.numel()) for param in model.parameters())
 
 
 def record_p2d_heads_run(training_args, finetuning_args, layout, head_set, total_params: int) -> None:
