@@ -6,7 +6,7 @@
 #   bash scripts/results_archive.sh restore   # the reverse; never overwrites a file in saves/
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-FILES="p2d_eval.json p2d_aer.json p2d_timings.json all_results.json trainer_log.jsonl p2d_heads.json p2d_run.json"
+FILES="p2d_eval.json p2d_aer.json p2d_timings.json all_results.json trainer_log.jsonl p2d_heads.json p2d_run.json p2d_data_scores.json"
 ARCHIVE=docs/results/runs
 case "${1:-}" in
   save)
