@@ -424,6 +424,57 @@ def test_stability_across_seeds(project):
     assert stability.split("\n", 1)[1] in (project / "report" / "results.md").read_text()  # also in results.md
 
 
+def test_paired_differences_across_seeds(project):
+    """Per-seed differences of the issue's questions: paired on common seeds, unpaired seeds listed, the one-seed
+    ceiling subtracted from every seed, no row without both cells."""
+    runs = project / "runs"
+    saves = project / "saves" / "tiny" / "gsm8k"
+    cells = {  # name -> (keys, {seed: (score, aer)})
+        "p2d__p2d_heads": (
+            {"finetuning_type": "p2d_heads", "p2d_data_selection": "p2d"},
+            {4242: (30.0, 0.3), 4343: (32.0, 0.5), 4444: (31.0, 0.4)},
+        ),
+        "p2d__random_heads": (
+            {"finetuning_type": "p2d_heads", "p2d_head_selection": "random", "p2d_data_selection": "p2d"},
+            {4242: (31.0, 0.2), 4343: (29.0, 0.2), 4444: (28.0, 0.2)},
+        ),
+        "random__p2d_heads": (  # seed 4444 not run: unpaired
+            {"finetuning_type": "p2d_heads", "p2d_data_selection": "random"},
+            {4242: (30.5, 0.1), 4343: (31.0, 0.1)},
+        ),
+        "full_data__full": ({"finetuning_type": "full"}, {4242: (40.0, None), 4343: (None, None)}),
+    }
+    for name, (keys, seeds) in cells.items():
+        for i, (seed, (score, aer)) in enumerate(seeds.items()):
+            run = name + ("" if i == 0 else f"__s{seed}")
+            _write_run(runs / f"{run}.yaml", seed=seed, **keys)
+            _finish(saves / run, score=score, aer=aer)
+    (saves / "full_data__full" / "train_results.json").write_text(json.dumps({"train_runtime": 10.0}))
+
+    assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
+    report = (project / "report" / "results.md").read_text()
+    section = report.split("## Paired differences across seeds", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split(" | ")[2]: line for line in section.splitlines() if line.startswith("| tiny")}
+    # W1 - random heads: -1, +3, +3 -> mean 1.67, sample std sqrt(((-2.67)^2 + 2 * 1.33^2) / 2) = 2.31
+    assert rows["W1 heads − random heads (P2D data)"] == (
+        "| tiny | GSM8K | W1 heads − random heads (P2D data) | −1.00 (4242), +3.00 (4343), +3.00 (4444) "
+        "| +1.67 ± 2.31 | 2 of 3 | 0.40 / 0.20 |"
+    )
+    assert rows["P2D data − random data (P2D heads)"] == (
+        "| tiny | GSM8K | P2D data − random data (P2D heads) | −0.50 (4242), +1.00 (4343); unpaired: 4444 "
+        "| +0.25 ± 1.06 | 1 of 2 | 0.40 / 0.10 |"
+    )
+    assert rows["P2D + P2D heads − full data + full fine-tuning"] == (
+        "| tiny | GSM8K | P2D + P2D heads − full data + full fine-tuning | −10.00 (4242), −8.00 (4343), −9.00 (4444); "
+        "against its one run (seed 4242) | −9.00 ± 1.00 | 0 of 3 | 0.40 / 1.00 |"
+    )
+    assert set(rows) == {  # no Data Whisperer, LoRA or full cells on 10%: no row for them
+        "W1 heads − random heads (P2D data)",
+        "P2D data − random data (P2D heads)",
+        "P2D + P2D heads − full data + full fine-tuning",
+    }
+
+
 def _tuning_grid(project: Path, val_rows: int = 40, rates=None) -> Path:
     """The repository's spec cut down to the CPU twin on GSM8K, with its tuning section on GSM8K only."""
     data = yaml.safe_load(SPEC.read_text())

@@ -1,7 +1,8 @@
 """The sweep's report: the runs' results per cell, mean ± std over its seeds, in the paper's tables.
 
-``results.md`` holds Tables 1-2 per model, Tables 3, 4 and 21 where the grid has them, the stability across seeds
-(:mod:`.stability`, also ``stability.md``) and the runs that did not finish; ``results.csv`` the Table 1-2 rows,
+``results.md`` holds Tables 1-2 per model, Tables 3, 4 and 21 where the grid has them, the paired differences of
+the questions the results answer (:mod:`.paired`), the stability across seeds (:mod:`.stability`, also
+``stability.md``) and the runs that did not finish; ``results.csv`` the Table 1-2 rows,
 ``aer_vs_perf.png`` Fig. 1 (:mod:`.figure`). Tuning runs never enter them: they get ``tuning.md``, ``tuning.csv``
 and ``tuning.png`` (:mod:`.tuning`). Blocks, rows and their labels come from :mod:`p2d_llamafactory.methods`.
 
@@ -20,6 +21,7 @@ from typing import Any
 from ... import methods
 from ...io import atomic_write_text
 from .figure import plot_aer_vs_perf
+from .paired import paired_section
 from .runs import Run, aer_of, is_finished, percent
 from .stability import stability_report, stability_section
 from .stats import (
@@ -339,7 +341,7 @@ def build_report(runs: list[Run], rho_d: float, rho_p: float) -> tuple[str, str,
     if not models:
         md += ["", "No runs."]
     else:
-        md += ["", stability_section(runs, level="##")]
+        md += ["", paired_section(cells, models, all_datasets, rho_d, rho_p), "", stability_section(runs, level="##")]
     missing = missing_runs_lines(runs)
     if missing:
         md += ["", "## Missing runs", "", "Seeds whose run has not finished; their cells average the others.", ""]

@@ -1,0 +1,121 @@
+"""Paired differences across seeds: the questions the seeded results answer, as one cell minus another.
+
+Two cells of one model and data set are compared seed by seed (the same seed: the same FHI sample, the same random
+draws, the same test rows), so the spread of the differences, not of the cells, says whether a gap is real. The
+full-data ceiling, run for its first seed only (that run is also the AER's t_FFT), is subtracted from every seed of
+the other cell when it has one finished seed, and the row says so. Seeds that only one of the two cells has are
+listed, never paired with zero. Written as a section of ``results.md``.
+"""
+
+import math
+from dataclasses import dataclass
+
+from ... import methods
+from .runs import percent
+from .stats import DASH, fmt, md_table
+
+
+@dataclass(frozen=True)
+class Comparison:
+    question: str
+    left: tuple[str, str]  # (p2d_data_selection, adaptation name of methods.ADAPTATIONS)
+    right: tuple[str, str]
+
+
+COMPARISONS = (
+    Comparison("W1 heads − random heads (P2D data)", ("p2d", "p2d_heads"), ("p2d", "random_heads")),
+    Comparison("P2D data − random data (P2D heads)", ("p2d", "p2d_heads"), ("random", "p2d_heads")),
+    Comparison("P2D data − random data (full fine-tuning)", ("p2d", "full"), ("random", "full")),
+    Comparison("P2D data − Data Whisperer data (P2D heads)", ("p2d", "p2d_heads"), ("data_whisperer", "p2d_heads")),
+    Comparison("P2D + P2D heads − random + full fine-tuning", ("p2d", "p2d_heads"), ("random", "full")),
+    Comparison("P2D + P2D heads − random + LoRA", ("p2d", "p2d_heads"), ("random", "lora")),
+    Comparison("P2D + P2D heads − full data + full fine-tuning", ("p2d", "p2d_heads"), ("none", "full")),
+)
+HEADER = ["Model", "Dataset", "Question", "Per seed", "Mean ± std", "Seeds in favour", "AER (left / right)"]
+
+
+@dataclass
+class Side:
+    """One cell's finished seeds: seed -> (perf, aer)."""
+
+    values: dict[int, tuple[float, float | None]]
+
+
+def _side(cells: dict, model: str, dataset: str, selection: str, adaptation: str, rho_d: float, rho_p: float):
+    """The cell of (selection, adaptation) at the main budget; LoRA at its one rank (None if the runs hold several)."""
+    target_d = round(1.0 if selection == "none" else rho_d, 6)
+    if adaptation == "full":
+        labels = ["100%"]
+    elif adaptation == "lora":
+        labels = [key[5] for key in cells if key[:5] == (model, dataset, selection, adaptation, target_d)]
+        if len(labels) != 1:
+            return None
+    else:
+        labels = [percent(rho_p)]
+    cell = cells.get((model, dataset, selection, adaptation, target_d, labels[0]))
+    if cell is None:
+        return None
+    values = {seed: (perf, aer) for seed, perf, aer in cell.per_seed if perf is not None}
+    return Side(values) if values else None
+
+
+def _signed(value: float) -> str:
+    return ("+" if value >= 0 else "−") + fmt(abs(value))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _row(model: str, dataset: str, comparison: Comparison, left: Side, right: Side) -> list[str]:
+    constant = comparison.right[0] == "none" and len(right.values) == 1  # the ceiling, run for one seed
+    seeds = sorted(left.values) if constant else sorted(set(left.values) & set(right.values))
+    reference = next(iter(right.values.values())) if constant else None
+    diffs = [left.values[s][0] - (reference or right.values[s])[0] for s in seeds]
+    per_seed = ", ".join(f"{_signed(d)} ({s})" for s, d in zip(seeds, diffs)) or DASH
+    unpaired = sorted(set(left.values) ^ set(right.values)) if not constant else []
+    if unpaired:
+        per_seed += f"; unpaired: {', '.join(map(str, unpaired))}"
+    if constant:
+        per_seed += f"; against its one run (seed {next(iter(right.values))})"
+    mean = _mean(diffs)
+    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None
+    summary = DASH if mean is None else _signed(mean) + (f" ± {fmt(std)}" if std is not None else "")
+    left_aer = _mean([left.values[s][1] for s in seeds if left.values[s][1] is not None])
+    right_aer = (
+        reference[1] if constant else _mean([right.values[s][1] for s in seeds if right.values[s][1] is not None])
+    )
+    label = methods.DATASET_LABELS.get(dataset, dataset)
+    favour = f"{sum(d > 0 for d in diffs)} of {len(diffs)}" if diffs else DASH
+    return [model, label, comparison.question, per_seed, summary, favour, f"{fmt(left_aer)} / {fmt(right_aer)}"]
+
+
+def paired_rows(cells: dict, models: list[str], datasets: list[str], rho_d: float, rho_p: float) -> list[list[str]]:
+    """One row per (model, data set, comparison) where both cells have a finished seed."""
+    rows = []
+    for model in models:
+        for dataset in datasets:
+            for comparison in COMPARISONS:
+                left = _side(cells, model, dataset, *comparison.left, rho_d, rho_p)
+                right = _side(cells, model, dataset, *comparison.right, rho_d, rho_p)
+                if left is not None and right is not None:
+                    rows.append(_row(model, dataset, comparison, left, right))
+    return rows
+
+
+def paired_section(
+    cells: dict, models: list[str], datasets: list[str], rho_d: float, rho_p: float, level: str = "##"
+) -> str:
+    """The paired-differences table under a heading of ``level``; a sentence when no pair has a finished seed."""
+    lines = [
+        f"{level} Paired differences across seeds",
+        "",
+        f"Left cell minus right cell, seed by seed (points of the metric), at ρ_D = {percent(rho_d)}, ρ_P = "
+        f"{percent(rho_p)}; mean ± sample std of the differences; seeds in favour: those where the left cell "
+        "scores higher. A cell run for one seed only (the full-data ceiling) is subtracted from every seed. AER: "
+        "mean over the paired seeds.",
+        "",
+    ]
+    rows = paired_rows(cells, models, datasets, rho_d, rho_p)
+    lines.append(md_table(HEADER, rows) if rows else "No pair of cells has a finished seed yet.")
+    return "\n".join(lines)
