@@ -62,6 +62,7 @@ def setup_lofit(model, model_args, finetuning_args):
     from transformers import DataCollatorForSeq2Seq
 
     from ..adapter.lofit import apply_lofit_biases, count_bias_params
+    from ..distributed import from_rank0, rank
     from ..heads.layout import find_attention_layout
     from ..heads.lofit import select_lofit_heads
 
@@ -70,7 +71,8 @@ def setup_lofit(model, model_args, finetuning_args):
         raise RuntimeError("P2D: `init_adapter` ran before `get_train_args`; launch with `llamafactory-cli train`.")
     layout = find_attention_layout(model)
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt")
-    with training_args.main_process_first(desc="LoFiT head selection", local=False):
+    head_set = None
+    if rank() == 0:  # step 1 runs once; the other ranks wait for its heads instead of recomputing them
         head_set = select_lofit_heads(
             model,
             CURRENT.train_dataset if CURRENT.train_dataset is not None else [],
@@ -82,6 +84,7 @@ def setup_lofit(model, model_args, finetuning_args):
             training_args.output_dir if training_args.should_save else None,
             progress=not training_args.disable_tqdm,
         )
+    head_set = from_rank0(head_set)
     trainable = count_bias_params(layout, head_set.selected)
     logger.info(
         "LoFiT: training the biases v of %d of %d heads: %d weights (the trainable count that follows includes the "

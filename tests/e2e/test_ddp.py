@@ -74,3 +74,31 @@ def test_two_processes_share_stages_one_and_two_and_match_one_process(tiny_model
         if "q_proj.lora_B" in key or "o_proj.lora_A" in key:
             continue
         assert torch.linalg.norm(ddp[key] - single[key]) <= 1e-4 * torch.linalg.norm(single[key]), key
+
+
+def test_lofit_step_one_runs_once_under_ddp_and_every_rank_trains_its_heads(tiny_models, tiny_dataset_dir, tmp_path):
+    """LoFiT's step 1 (head selection) runs on rank 0 only; the other rank trains the heads rank 0 chose, and the
+    adapter equals one process's at the same global batch."""
+    common = dict(
+        model=tiny_models["llama"],
+        dataset_dir=tiny_dataset_dir,
+        finetuning_type="lofit",
+        p2d_heads_file=None,
+        p2d_lofit_select_epochs=1.0,
+        learning_rate=1e-2,
+    )
+    # step 1 takes the per-device batch: 2 in both runs; the one process accumulates 2 micro-batches (global batch 4)
+    single_log, single = _train(
+        tmp_path, "single", 1, per_device_train_batch_size=2, gradient_accumulation_steps=2, **common
+    )
+    log, ddp = _train(tmp_path, "ddp", 2, per_device_train_batch_size=2, **common)
+    assert "world size: 2" in log
+    assert single_log.count("LoFiT: step 1, head selection") == 1
+    assert log.count("LoFiT: step 1, head selection") == 1  # once, not once per rank
+    one, two = (json.loads((tmp_path / name / "p2d_lofit_heads.json").read_text()) for name in ("single", "ddp"))
+    assert two["selected"] == one["selected"] and two["scores"] == one["scores"]
+    assert single.keys() == ddp.keys()
+    trained = [key for key in single if single[key].abs().max() > 0]  # the layers without a selected head stay 0
+    assert trained
+    for key in single:
+        assert torch.linalg.norm(ddp[key] - single[key]) <= 1e-4 * torch.linalg.norm(single[key]), key
