@@ -119,7 +119,8 @@ def jaccard(a: list, b: list) -> float:
 def collect(out: Path, extra: list[str], reference: str | None) -> None:
     """Validation score of each finished variant run (and of ``extra`` name=run_dir runs): the mean per-example
     score with a 95% bootstrap interval, and the paired bootstrap interval of its difference to ``reference``."""
-    report = json.loads((out / "study.json").read_text())
+    study = out / "study.json"  # absent when only ``extra`` runs are compared
+    report = json.loads(study.read_text()) if study.is_file() else {"variants": {}}
     runs = {name: out / "runs" / name for name in report["variants"]}
     runs.update({name: Path(path) for name, path in (item.split("=", 1) for item in extra)})
     scores = {}
