@@ -7,12 +7,11 @@ the other cell when it has one finished seed, and the row says so. Seeds that on
 listed, never paired with zero. Written as a section of ``results.md``.
 """
 
-import math
 from dataclasses import dataclass
 
 from ... import methods
 from .runs import percent
-from .stats import DASH, fmt, md_table
+from .stats import DASH, fmt, md_table, mean_std
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def _signed(value: float) -> str:
 
 
 def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+    return mean_std(values)[0]
 
 
 def _row(model: str, dataset: str, comparison: Comparison, left: Side, right: Side) -> list[str]:
@@ -78,8 +77,7 @@ def _row(model: str, dataset: str, comparison: Comparison, left: Side, right: Si
         per_seed += f"; unpaired: {', '.join(map(str, unpaired))}"
     if constant:
         per_seed += f"; against its one run (seed {next(iter(right.values))})"
-    mean = _mean(diffs)
-    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else None
+    mean, std = mean_std(diffs)
     summary = DASH if mean is None else _signed(mean) + (f" ± {fmt(std)}" if std is not None else "")
     left_aer = _mean([left.values[s][1] for s in seeds if left.values[s][1] is not None])
     right_aer = (
