@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Keep the small result records of finished CPU-twin runs in the repository, and put them back into saves/ in a new
 # checkout, so that p2d-sweep counts those runs as finished (their AER reference and heads files included) and does
-# not train them again. Model weights, predictions (they hold the data set's answers) and checkpoints stay out.
+# not train them again; tuning runs (tune__*, finished with p2d_eval.json alone) too, so that a later session can
+# regenerate the tuning report. Model weights, predictions (they hold the data set's answers) and checkpoints stay out.
 #   bash scripts/results_archive.sh save      # saves/smollm2-cpu/**/ -> docs/results/runs/smollm2-cpu/**/
 #   bash scripts/results_archive.sh restore   # the reverse; never overwrites a file in saves/
 set -euo pipefail
@@ -11,7 +12,8 @@ ARCHIVE=docs/results/runs
 case "${1:-}" in
   save)
     for run in saves/smollm2-cpu/*/*/; do
-      [ -f "$run/p2d_eval.json" ] && [ -f "$run/p2d_aer.json" ] || continue   # finished results runs only
+      [ -f "$run/p2d_eval.json" ] || continue                     # finished runs only:
+      case "$(basename "$run")" in tune__*) ;; *) [ -f "$run/p2d_aer.json" ] || continue ;; esac   # results runs need an AER
       target="$ARCHIVE/${run#saves/}"
       mkdir -p "$target"
       for f in $FILES; do [ -f "$run/$f" ] && cp "$run/$f" "$target/$f"; done

@@ -174,6 +174,15 @@ def test_evaluate_only_when_predictions_exist(project):
     assert (out / "p2d_eval.json").is_file()
 
 
+def test_default_report_dir_is_not_a_committed_folder(project):
+    """Without --report-dir the report goes under saves/ (ignored by git), so a sweep of one cell cannot replace
+    the committed docs/results report with a one-cell report."""
+    runs = _mini_grid(project, selections=("full_data", "p2d"), adaptations=("full", "p2d_heads"))
+    assert main([str(runs), "--collect-only"]) == 0
+    assert (project / "saves" / "p2d_sweep_report" / "results.md").is_file()
+    assert not (project / "docs").exists()
+
+
 def test_dry_run_and_collect_only_launch_nothing(project, capsys):
     runs = _mini_grid(project, selections=("full_data", "p2d"), adaptations=("full", "p2d_heads"))
     _finish(project / "saves" / "smollm2-cpu" / "gsm8k" / "full_data__p2d_heads")
@@ -589,17 +598,19 @@ def test_tuning_on_the_test_split_is_refused(project, capsys):
 
 
 def test_results_archive_keeps_records_and_restores_finished_runs(tmp_path):
-    """scripts/results_archive.sh: save copies only the records of finished runs (no weights, no predictions);
-    restore puts them back without overwriting, and the sweep then counts the run as finished."""
+    """scripts/results_archive.sh: save copies only the records of finished runs (no weights, no predictions),
+    tuning runs (tune__*, no AER) included; restore puts them back without overwriting, and the sweep then counts the
+    run as finished."""
     import shutil
 
     (tmp_path / "scripts").mkdir()
     shutil.copy(SPEC.parents[1] / "scripts" / "results_archive.sh", tmp_path / "scripts")
-    done, unfinished = (
+    done, unfinished, tuning = (
         tmp_path / "saves/smollm2-cpu/gsm8k/full_data__full",
         tmp_path / "saves/smollm2-cpu/gsm8k/ifd__lora",
+        tmp_path / "saves/smollm2-cpu/gsm8k/tune__full__lr0.0001",
     )
-    for run in (done, unfinished):
+    for run in (done, unfinished, tuning):
         run.mkdir(parents=True)
         (run / "p2d_eval.json").write_text('{"score": 50.0}')
         (run / "model.safetensors").write_text("weights")
@@ -615,6 +626,7 @@ def test_results_archive_keeps_records_and_restores_finished_runs(tmp_path):
         "p2d_timings.json",
     ]
     assert not (archived / "ifd__lora").exists()  # no AER record: not finished
+    assert sorted(p.name for p in (archived / "tune__full__lr0.0001").iterdir()) == ["p2d_eval.json"]
     shutil.rmtree(tmp_path / "saves")
     (done).mkdir(parents=True)
     (done / "p2d_eval.json").write_text('{"score": 99.0}')  # a newer local record is kept

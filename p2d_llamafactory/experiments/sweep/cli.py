@@ -9,7 +9,7 @@ from .runs import SweepError, is_finished, load_runs
 from .tables import write_report
 
 
-DEFAULT_REPORT_DIR = "docs/results"
+DEFAULT_REPORT_DIR = "saves/p2d_sweep_report"  # not a committed folder: a one-cell sweep must not replace a report
 
 
 def _parser() -> argparse.ArgumentParser:
