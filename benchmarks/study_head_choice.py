@@ -38,6 +38,7 @@ import torch
 from bench_common import IGNORE_INDEX, load_model, load_tokenizer, model_folder, tokenize_example
 from scipy.stats import spearmanr
 
+from p2d_llamafactory.experiments.sweep.stats import bootstrap_interval
 from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import AttentionLayout, find_attention_layout, projection_weights
 from p2d_llamafactory.heads.proxy import train_proxy
@@ -128,18 +129,15 @@ def collect(out: Path, extra: list[str], reference: str | None) -> None:
         result = run / "p2d_eval.json"
         if result.is_file():
             scores[name] = np.array(json.loads(result.read_text())["per_example"]) * 100
-    rng = np.random.default_rng(0)
-    n = len(next(iter(scores.values())))
-    resample = rng.integers(0, n, size=(10_000, n))  # the same resamples for every run: paired differences
     base = scores.get(reference) if reference else None
     print(f"{'run':18} {'J(tau=0.1)':>10} {'score':>7} {'95% CI':>15}  {'minus ' + str(reference):>24}")
-    for name, values in scores.items():
-        low, high = np.percentile(values[resample].mean(axis=1), [2.5, 97.5])
+    for name, values in scores.items():  # the same resamples of the rows for every run: paired differences
+        low, high = bootstrap_interval(values)
         jac = report["variants"].get(name, {}).get("jaccard_tau0.1", float("nan"))
         diff = ""
         if base is not None and name != reference:
             d = values - base
-            dl, dh = np.percentile(d[resample].mean(axis=1), [2.5, 97.5])
+            dl, dh = bootstrap_interval(d)
             diff = f"{d.mean():+6.2f} [{dl:+6.2f}, {dh:+6.2f}]"
         print(f"{name:18} {jac:10.3f} {values.mean():7.2f} [{low:6.2f}, {high:6.2f}]  {diff:>24}")
 

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from p2d_llamafactory.experiments import grid
 from p2d_llamafactory.experiments.sweep import CLI_ENV, EVAL_ENV, build_report, load_runs, main
+from p2d_llamafactory.experiments.sweep.stats import bootstrap_interval
 
 
 SPEC = Path(__file__).resolve().parents[1] / "yaml_examples" / "grid.yaml"
@@ -433,11 +435,17 @@ def test_stability_across_seeds(project):
     assert stability.split("\n", 1)[1] in (project / "report" / "results.md").read_text()  # also in results.md
 
 
+def _interval(low: float, high: float) -> str:
+    return f"[{low:+.2f}, {high:+.2f}]".replace("-", "−")
+
+
 def test_paired_differences_across_seeds(project):
     """Per-seed differences of the issue's questions: paired on common seeds, unpaired seeds listed, the one-seed
-    ceiling subtracted from every seed, no row without both cells."""
+    ceiling subtracted from every seed, no row without both cells; the bootstrap interval over test rows of the
+    per-row differences averaged over the paired seeds, a dash where a run has no per-row scores."""
     runs = project / "runs"
     saves = project / "saves" / "tiny" / "gsm8k"
+    rows_of = {("p2d__p2d_heads", 4242): [0.1, 0.5, 0.3, 0.3]}  # the other runs: every row at the run's score
     cells = {  # name -> (keys, {seed: (score, aer)})
         "p2d__p2d_heads": (
             {"finetuning_type": "p2d_heads", "p2d_data_selection": "p2d"},
@@ -457,31 +465,57 @@ def test_paired_differences_across_seeds(project):
         for i, (seed, (score, aer)) in enumerate(seeds.items()):
             run = name + ("" if i == 0 else f"__s{seed}")
             _write_run(runs / f"{run}.yaml", seed=seed, **keys)
-            _finish(saves / run, score=score, aer=aer)
+            rows = rows_of.get((name, seed), [(score or 0) / 100] * 4)
+            _finish(saves / run, score=score, aer=aer, **({} if name == "full_data__full" else {"per_example": rows}))
     (saves / "full_data__full" / "train_results.json").write_text(json.dumps({"train_runtime": 10.0}))
 
     assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
     report = (project / "report" / "results.md").read_text()
     section = report.split("## Paired differences across seeds", 1)[1].split("\n## ", 1)[0]
     rows = {line.split(" | ")[2]: line for line in section.splitlines() if line.startswith("| tiny")}
-    # W1 - random heads: -1, +3, +3 -> mean 1.67, sample std sqrt(((-2.67)^2 + 2 * 1.33^2) / 2) = 2.31
+    # W1 - random heads: -1, +3, +3 -> mean 1.67, sample std sqrt(((-2.67)^2 + 2 * 1.33^2) / 2) = 2.31; per row,
+    # seed 4242's rows (10, 50, 30, 30) - 31 and +3, +3: averaged over the seeds -5, +8.33, +1.67, +1.67
+    low, high = bootstrap_interval([-5.0, 25.0 / 3, 5.0 / 3, 5.0 / 3])
+    assert low < -2 < 1.67 < 5 < high  # four rows: the interval is wide
     assert rows["W1 heads − random heads (P2D data)"] == (
         "| tiny | GSM8K | W1 heads − random heads (P2D data) | −1.00 (4242), +3.00 (4343), +3.00 (4444) "
-        "| +1.67 ± 2.31 | 2 of 3 | 0.40 / 0.20 |"
+        f"| +1.67 ± 2.31 | {_interval(low, high)} | 2 of 3 | 0.40 / 0.20 |"
     )
+    # per row, seed 4242: (10, 50, 30, 30) - 30.5, seed 4343: +1.00 -> averaged -9.75, +10.25, +0.25, +0.25
+    low, high = bootstrap_interval([-9.75, 10.25, 0.25, 0.25])
     assert rows["P2D data − random data (P2D heads)"] == (
         "| tiny | GSM8K | P2D data − random data (P2D heads) | −0.50 (4242), +1.00 (4343); unpaired: 4444 "
-        "| +0.25 ± 1.06 | 1 of 2 | 0.40 / 0.10 |"
+        f"| +0.25 ± 1.06 | {_interval(low, high)} | 1 of 2 | 0.40 / 0.10 |"
     )
-    assert rows["P2D + P2D heads − full data + full fine-tuning"] == (
+    assert rows["P2D + P2D heads − full data + full fine-tuning"] == (  # the ceiling has no per-row scores
         "| tiny | GSM8K | P2D + P2D heads − full data + full fine-tuning | −10.00 (4242), −8.00 (4343), −9.00 (4444); "
-        "against its one run (seed 4242) | −9.00 ± 1.00 | 0 of 3 | 0.40 / 1.00 |"
+        "against its one run (seed 4242) | −9.00 ± 1.00 | – | 0 of 3 | 0.40 / 1.00 |"
     )
     assert set(rows) == {  # no Data Whisperer, LoRA or full cells on 10%: no row for them
         "W1 heads − random heads (P2D data)",
         "P2D data − random data (P2D heads)",
         "P2D + P2D heads − full data + full fine-tuning",
     }
+
+
+def test_bootstrap_interval_matches_scipy_and_is_paired():
+    """The percentile bootstrap of a mean agrees with scipy's (other resamples: within a tenth of the width); the
+    resamples depend on the number of rows only, so the interval of a shifted copy is the shifted interval; a
+    constant has a point interval; nothing to resample is refused."""
+    from scipy.stats import bootstrap
+
+    values = np.random.default_rng(5).random(125) * 100
+    low, high = bootstrap_interval(values)
+    reference = bootstrap((values,), np.mean, method="percentile", n_resamples=10_000, random_state=1)
+    width = high - low
+    assert abs(low - reference.confidence_interval.low) < 0.1 * width
+    assert abs(high - reference.confidence_interval.high) < 0.1 * width
+    assert low < values.mean() < high
+    shifted = bootstrap_interval(values + 7.0)
+    assert shifted == pytest.approx((low + 7.0, high + 7.0))
+    assert bootstrap_interval([3.0] * 10) == (3.0, 3.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_interval([])
 
 
 def _tuning_grid(project: Path, val_rows: int = 40, rates=None) -> Path:

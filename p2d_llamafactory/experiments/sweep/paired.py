@@ -5,13 +5,18 @@ draws, the same test rows), so the spread of the differences, not of the cells, 
 full-data ceiling, run for its first seed only (that run is also the AER's t_FFT), is subtracted from every seed of
 the other cell when it has one finished seed, and the row says so. Seeds that only one of the two cells has are
 listed, never paired with zero. Written as a section of ``results.md``.
+
+Each row also gives a 95% interval of the mean difference over test rows: per row, the difference of the two cells
+averaged over the paired seeds, and the percentile bootstrap of its mean (rows resampled). It says how far the gap
+could move on another test sample of the same size; the spread over seeds is the std beside it. Rows are paired by
+position, so the interval is left out when a cell's runs were scored on test sets of different sizes.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ... import methods
 from .runs import percent
-from .stats import DASH, fmt, md_table, mean_std
+from .stats import DASH, bootstrap_interval, fmt, md_table, mean_std
 
 
 @dataclass(frozen=True)
@@ -30,14 +35,24 @@ COMPARISONS = (
     Comparison("P2D + P2D heads − random + LoRA", ("p2d", "p2d_heads"), ("random", "lora")),
     Comparison("P2D + P2D heads − full data + full fine-tuning", ("p2d", "p2d_heads"), ("none", "full")),
 )
-HEADER = ["Model", "Dataset", "Question", "Per seed", "Mean ± std", "Seeds in favour", "AER (left / right)"]
+HEADER = [
+    "Model",
+    "Dataset",
+    "Question",
+    "Per seed",
+    "Mean ± std",
+    "95% interval (test rows)",
+    "Seeds in favour",
+    "AER (left / right)",
+]
 
 
 @dataclass
 class Side:
-    """One cell's finished seeds: seed -> (perf, aer)."""
+    """One cell's finished seeds: seed -> (perf, aer), and seed -> per-row scores where the runs kept them."""
 
     values: dict[int, tuple[float, float | None]]
+    rows: dict[int, list[float]] = field(default_factory=dict)
 
 
 def _side(cells: dict, model: str, dataset: str, selection: str, adaptation: str, rho_d: float, rho_p: float):
@@ -55,7 +70,7 @@ def _side(cells: dict, model: str, dataset: str, selection: str, adaptation: str
     if cell is None:
         return None
     values = {seed: (perf, aer) for seed, perf, aer in cell.per_seed if perf is not None}
-    return Side(values) if values else None
+    return Side(values, cell.per_example) if values else None
 
 
 def _signed(value: float) -> str:
@@ -64,6 +79,17 @@ def _signed(value: float) -> str:
 
 def _mean(values: list[float]) -> float | None:
     return mean_std(values)[0]
+
+
+def _row_interval(left: Side, right: Side, seeds: list[int], reference_seed: int | None) -> str:
+    """The bootstrap interval of the mean over rows of the per-row differences averaged over ``seeds``; a dash
+    when a seed has no per-row scores or the runs' test sets differ in size."""
+    pairs = [(left.rows.get(s), right.rows.get(s if reference_seed is None else reference_seed)) for s in seeds]
+    if not pairs or any(a is None or b is None for a, b in pairs) or len({len(x) for p in pairs for x in p}) != 1:
+        return DASH
+    per_row = [sum(a[i] - b[i] for a, b in pairs) / len(pairs) for i in range(len(pairs[0][0]))]
+    low, high = bootstrap_interval(per_row)
+    return f"[{_signed(low)}, {_signed(high)}]"
 
 
 def _row(model: str, dataset: str, comparison: Comparison, left: Side, right: Side) -> list[str]:
@@ -85,7 +111,9 @@ def _row(model: str, dataset: str, comparison: Comparison, left: Side, right: Si
     )
     label = methods.DATASET_LABELS.get(dataset, dataset)
     favour = f"{sum(d > 0 for d in diffs)} of {len(diffs)}" if diffs else DASH
-    return [model, label, comparison.question, per_seed, summary, favour, f"{fmt(left_aer)} / {fmt(right_aer)}"]
+    interval = _row_interval(left, right, seeds, next(iter(right.values)) if constant else None)
+    aers = f"{fmt(left_aer)} / {fmt(right_aer)}"
+    return [model, label, comparison.question, per_seed, summary, interval, favour, aers]
 
 
 def paired_rows(cells: dict, models: list[str], datasets: list[str], rho_d: float, rho_p: float) -> list[list[str]]:
@@ -110,8 +138,10 @@ def paired_section(
         "",
         f"Left cell minus right cell, seed by seed (points of the metric), at ρ_D = {percent(rho_d)}, ρ_P = "
         f"{percent(rho_p)}; mean ± sample std of the differences; seeds in favour: those where the left cell "
-        "scores higher. A cell run for one seed only (the full-data ceiling) is subtracted from every seed. AER: "
-        "mean over the paired seeds.",
+        "scores higher. A cell run for one seed only (the full-data ceiling) is subtracted from every seed. 95% "
+        "interval: percentile bootstrap of the mean difference over the test rows (each row's difference averaged "
+        "over the paired seeds; 10,000 resamples of the rows): how far the gap could move on another test sample of "
+        "this size, not over other seeds (that is the std). AER: mean over the paired seeds.",
         "",
     ]
     rows = paired_rows(cells, models, datasets, rho_d, rho_p)

@@ -2,6 +2,9 @@
 
 import math
 import statistics
+from collections.abc import Sequence
+
+import numpy as np
 
 from ... import methods
 from .runs import EVAL_FILE, Run, is_finished, missing_outputs, read_record
@@ -15,6 +18,43 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # fixed: the same report regenerates the same intervals
+
+
+def bootstrap_interval(
+    values: Sequence[float], level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one value per test row, rows resampled with
+    replacement). The resamples depend only on ``seed`` and the number of rows, so two calls on rows of the same
+    test set resample the same rows: their intervals are paired."""
+    data = np.asarray(values, dtype=float)
+    if data.ndim != 1 or data.size == 0:
+        raise ValueError(f"bootstrap_interval needs a non-empty list of numbers, got shape {data.shape}")
+    rng = np.random.default_rng(seed)
+    means = np.concatenate(  # in chunks, so that a test set of thousands of rows stays small in memory
+        [data[rng.integers(0, data.size, size=(n, data.size))].mean(axis=1) for n in _chunks(resamples, 1_000)]
+    )
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _chunks(total: int, size: int) -> list[int]:
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
+def run_per_example(run: Run) -> list[float] | None:
+    """The run's per-row scores in points (``per_example`` of p2d_eval.json, 0-1, times 100); None without them."""
+    record = read_record(run.out / EVAL_FILE)
+    rows = record.get("per_example") if record is not None else None
+    if not isinstance(rows, list) or not rows:
+        return None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rows):
+        return None
+    return [100.0 * float(x) for x in rows]
 
 
 def run_score(run: Run) -> tuple[float | None, str | None, int | None]:

@@ -33,6 +33,7 @@ from .stats import (
     metric_label,
     missing_runs_lines,
     run_format_adoption,
+    run_per_example,
     run_score,
 )
 from .tuning import write_tuning_report
@@ -63,6 +64,7 @@ class ResultCell:
     listed: int = 0  # seeds (runs) the sweep lists for the cell
     per_seed: list[tuple[int, float | None, float | None]] = field(default_factory=list)  # (seed, perf, aer)
     format_adoption: float | None = None  # exact match: mean % of answers ending in "#### N", over the seeds
+    per_example: dict[int, list[float]] = field(default_factory=dict)  # seed -> per-row scores (points)
 
     @property
     def n(self) -> int:
@@ -73,10 +75,13 @@ def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
     """Cell key -> its seeds' values (finished values only; a missing one is never counted as zero)."""
     seeds: dict[tuple, list[tuple[int, float | None, float | None, str | None]]] = {}
     adoptions: dict[tuple, list[float]] = {}
+    rows: dict[tuple, dict[int, list[float]]] = {}
     for run in runs:
         perf, metric, _ = run_score(run)
         aer, _ = aer_of(run)
         seeds.setdefault(run.key, []).append((run.seed, perf, aer, metric))
+        if perf is not None and (per_example := run_per_example(run)) is not None:
+            rows.setdefault(run.key, {})[run.seed] = per_example
         if (adoption := run_format_adoption(run)) is not None:
             adoptions.setdefault(run.key, []).append(adoption)
     cells = {}
@@ -97,6 +102,7 @@ def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
             listed=len(entries),
             per_seed=sorted((seed, perf, aer) for seed, perf, aer, _ in entries),
             format_adoption=mean_std(adoptions.get(key, []))[0],
+            per_example=rows.get(key, {}),
         )
     return cells
 
