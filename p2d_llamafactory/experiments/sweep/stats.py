@@ -3,6 +3,8 @@
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,33 +48,43 @@ def _chunks(total: int, size: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
 
 
-def run_per_example(run: Run) -> list[float] | None:
-    """The run's per-row scores in points (``per_example`` of p2d_eval.json, 0-1, times 100); None without them."""
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """What the report reads of a run's p2d_eval.json, read once; Nones (an empty list) where the file lacks it."""
+
+    score: float | None = None  # percent
+    metric: str | None = None
+    predictions: int | None = None
+    format_adoption: float | None = None  # exact match only: % of answers ending in "#### N"
+    per_example: list[float] = field(default_factory=list)  # per-row scores in points (0-1 in the file, times 100)
+
+
+def eval_record(run: Run) -> EvalRecord:
+    """The run's p2d_eval.json as an :class:`EvalRecord`; an empty one when it is missing or has no score."""
     record = read_record(run.out / EVAL_FILE)
-    rows = record.get("per_example") if record is not None else None
-    if not isinstance(rows, list) or not rows:
-        return None
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rows):
-        return None
-    return [100.0 * float(x) for x in rows]
+    score = _number(record.get("score")) if record is not None else None
+    if record is None or score is None:
+        return EvalRecord()
+    rows = record.get("num_predictions")
+    per_example = record.get("per_example")
+    per_row = [_number(x) for x in per_example] if isinstance(per_example, list) else []
+    return EvalRecord(
+        score=score,
+        metric=record.get("metric"),
+        predictions=rows if isinstance(rows, int) and not isinstance(rows, bool) else None,
+        format_adoption=_number(record.get("format_adoption")),
+        per_example=[100.0 * x for x in per_row] if per_row and None not in per_row else [],
+    )
 
 
 def run_score(run: Run) -> tuple[float | None, str | None, int | None]:
     """(score, metric, number of predictions) of the run's p2d_eval.json; Nones when it has none."""
-    record = read_record(run.out / EVAL_FILE)
-    score = record.get("score") if record is not None else None
-    if isinstance(score, bool) or not isinstance(score, (int, float)):
-        return None, None, None
-    rows = record.get("num_predictions")
-    return float(score), record.get("metric"), rows if isinstance(rows, int) and not isinstance(rows, bool) else None
-
-
-def run_format_adoption(run: Run) -> float | None:
-    """The share (%) of the run's answers that end in ``#### N`` (p2d-eval's ``format_adoption``, exact-match
-    runs only); None when its p2d_eval.json has none."""
-    record = read_record(run.out / EVAL_FILE)
-    value = record.get("format_adoption") if record is not None else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    record = eval_record(run)
+    return record.score, record.metric, record.predictions
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -26,15 +26,13 @@ from .runs import Run, aer_of, is_finished, percent
 from .stability import stability_report, stability_section
 from .stats import (
     DASH,
+    eval_record,
     fmt,
     fmt_stat,
     md_table,
     mean_std,
     metric_label,
     missing_runs_lines,
-    run_format_adoption,
-    run_per_example,
-    run_score,
 )
 from .tuning import write_tuning_report
 
@@ -77,13 +75,13 @@ def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
     adoptions: dict[tuple, list[float]] = {}
     rows: dict[tuple, dict[int, list[float]]] = {}
     for run in runs:
-        perf, metric, _ = run_score(run)
+        record = eval_record(run)
         aer, _ = aer_of(run)
-        seeds.setdefault(run.key, []).append((run.seed, perf, aer, metric))
-        if perf is not None and (per_example := run_per_example(run)) is not None:
-            rows.setdefault(run.key, {})[run.seed] = per_example
-        if (adoption := run_format_adoption(run)) is not None:
-            adoptions.setdefault(run.key, []).append(adoption)
+        seeds.setdefault(run.key, []).append((run.seed, record.score, aer, record.metric))
+        if record.per_example:
+            rows.setdefault(run.key, {})[run.seed] = record.per_example
+        if record.format_adoption is not None:
+            adoptions.setdefault(run.key, []).append(record.format_adoption)
     cells = {}
     for key, entries in seeds.items():
         perfs = [perf for _, perf, _, _ in entries if perf is not None]
