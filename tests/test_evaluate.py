@@ -90,7 +90,9 @@ def test_auto_picks_em_for_gsm8k_labels_and_reports_percent(tmp_path):
     assert report["format_adoption"] == pytest.approx(
         75.0
     )  # "no" has no final "#### N"; "#### 10" is wrong but adopted
-    keys = {"metric", "score", "num_predictions", "predictions_file", "references", "per_example", "format_adoption"}
+    assert report["per_example_format"] == [1.0, 1.0, 1.0, 0.0]
+    keys = {"metric", "score", "num_predictions", "predictions_file", "references", "per_example"}
+    keys |= {"format_adoption", "per_example_format"}
     assert set(report) == keys
 
 

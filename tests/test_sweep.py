@@ -498,6 +498,54 @@ def test_paired_differences_across_seeds(project):
     }
 
 
+def test_paired_differences_on_format_adoption(project):
+    """Exact match gets a second paired table on format adoption: per-seed differences of the adoption, the
+    interval from the runs' per-row adoption, a dash where a run's record has no per-row adoption; a ROUGE-L data
+    set (no adoption) adds no row to it."""
+    runs = project / "runs"
+    cells = {  # name -> (keys, {seed: (score, adoption, per-row adoption)})
+        "p2d__p2d_heads": (
+            {"finetuning_type": "p2d_heads", "p2d_data_selection": "p2d"},
+            {4242: (2.0, 75.0, [1, 1, 1, 0]), 4343: (0.0, 50.0, [1, 0, 1, 0])},
+        ),
+        "p2d__random_heads": (
+            {"finetuning_type": "p2d_heads", "p2d_head_selection": "random", "p2d_data_selection": "p2d"},
+            {4242: (2.0, 25.0, [0, 0, 1, 0]), 4343: (1.0, 75.0, None)},
+        ),
+    }
+    for name, (keys, seeds) in cells.items():
+        for i, (seed, (score, adoption, per_row)) in enumerate(seeds.items()):
+            run = name + ("" if i == 0 else f"__s{seed}")
+            extra = {"format_adoption": adoption} | ({"per_example_format": per_row} if per_row else {})
+            _write_run(runs / f"{run}.yaml", seed=seed, **keys)
+            _finish(project / "saves" / "tiny" / "gsm8k" / run, score=score, aer=0.2, **extra)
+            dialogsum = {"dataset": "dialogsum_local", "eval_dataset": "dialogsum_local_test"}
+            out = f"saves/tiny/dialogsum/{run}"
+            _write_run(runs / f"dialogsum_{run}.yaml", seed=seed, output_dir=out, **dialogsum, **keys)
+            _finish(project / out, score=score + 20, aer=0.2, metric="rougeL")
+
+    assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
+    report = (project / "report" / "results.md").read_text()
+    scores, adoption = report.split("## Paired differences across seeds", 1)[1].split("### Format adoption", 1)
+    adoption = adoption.split("\n## ", 1)[0]
+    assert "| tiny | GSM8K | W1 heads − random heads (P2D data) | +0.00 (4242), −1.00 (4343) | −0.50 ± 0.71" in scores
+    assert "| tiny | DialogSum | W1 heads − random heads (P2D data) |" in scores
+    rows = [line for line in adoption.splitlines() if line.startswith("| tiny")]
+    assert rows == [  # seed 4343's random-heads run has no per-row adoption: no interval
+        "| tiny | GSM8K | W1 heads − random heads (P2D data) | +50.00 (4242), −25.00 (4343) | +12.50 ± 53.03 | – "
+        "| 1 of 2 | 0.20 / 0.20 |"
+    ]
+    (project / "saves" / "tiny" / "gsm8k" / "p2d__random_heads__s4343" / "p2d_eval.json").write_text(
+        json.dumps({"metric": "em", "score": 1.0, "format_adoption": 75.0, "per_example_format": [1, 1, 0, 1]})
+    )
+    assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
+    report = (project / "report" / "results.md").read_text()
+    row = next(line for line in report.split("### Format adoption", 1)[1].splitlines() if line.startswith("| tiny"))
+    # per row: seed 4242 (100, 100, 0, 0), seed 4343 (0, -100, 100, -100), averaged (50, 0, 50, -50)
+    low, high = bootstrap_interval([50.0, 0.0, 50.0, -50.0])
+    assert f"| +12.50 ± 53.03 | {_interval(low, high)} | 1 of 2 |" in row
+
+
 def test_bootstrap_interval_matches_scipy_and_is_paired():
     """The percentile bootstrap of a mean agrees with scipy's (other resamples: within a tenth of the width); the
     resamples depend on the number of rows only, so the interval of a shifted copy is the shifted interval; a

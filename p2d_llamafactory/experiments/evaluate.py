@@ -21,7 +21,7 @@ The report ``p2d_eval.json`` (next to the predictions unless ``--output`` says o
      "predictions_file": "...", "references": "label" | "<references file>", "per_example": [...]}
 
 and, for ``em``, ``"format_adoption"``: the percentage of predictions that end with a ``#### <number>`` answer at
-all, right or wrong (the paper's GSM8K format adoption).
+all, right or wrong (the paper's GSM8K format adoption), with ``"per_example_format"`` (1.0/0.0 per example).
 
 ``per_example`` keeps each example's score on the metric's own 0-1 scale (1.0/0.0 for ``em``, the F1 for
 ``rougeL``); only ``score`` is in percent. Usage::
@@ -207,8 +207,9 @@ def evaluate_predictions(
         "per_example": per_example,
     }
     if resolved == "em":  # GSM8K: how many answers adopt the "#### <number>" format at all, right or wrong
-        adopted = sum(final_number(row["predict"]) is not None for row in rows)
-        report["format_adoption"] = 100.0 * adopted / len(rows)
+        adopted = [1.0 if final_number(row["predict"]) is not None else 0.0 for row in rows]
+        report["format_adoption"] = 100.0 * sum(adopted) / len(rows)
+        report["per_example_format"] = adopted
     return report
 
 

@@ -10,6 +10,9 @@ Each row also gives a 95% interval of the mean difference over test rows: per ro
 averaged over the paired seeds, and the percentile bootstrap of its mean (rows resampled). It says how far the gap
 could move on another test sample of the same size; the spread over seeds is the std beside it. Rows are paired by
 position, so the interval is left out when a cell's runs were scored on test sets of different sizes.
+
+For exact match (GSM8K) a second table gives the same differences on format adoption, the share of answers that end
+in ``#### <number>`` at all: at small model sizes exact match sits near the floor and adoption is what moves.
 """
 
 from dataclasses import dataclass, field
@@ -55,8 +58,18 @@ class Side:
     rows: dict[int, list[float]] = field(default_factory=dict)
 
 
-def _side(cells: dict, model: str, dataset: str, selection: str, adaptation: str, rho_d: float, rho_p: float):
-    """The cell of (selection, adaptation) at the main budget; LoRA at its one rank (None if the runs hold several)."""
+def _side(
+    cells: dict,
+    model: str,
+    dataset: str,
+    selection: str,
+    adaptation: str,
+    rho_d: float,
+    rho_p: float,
+    measure: str = "score",
+) -> Side | None:
+    """The cell of (selection, adaptation) at the main budget; LoRA at its one rank (None if the runs hold several).
+    ``measure``: "score" (the metric) or "format" (exact match's format adoption)."""
     target_d = round(1.0 if selection == "none" else rho_d, 6)
     if adaptation == "full":
         labels = ["100%"]
@@ -69,6 +82,10 @@ def _side(cells: dict, model: str, dataset: str, selection: str, adaptation: str
     cell = cells.get((model, dataset, selection, adaptation, target_d, labels[0]))
     if cell is None:
         return None
+    if measure == "format":
+        aers = {seed: aer for seed, _, aer in cell.per_seed}
+        values = {seed: (adoption, aers.get(seed)) for seed, adoption in cell.format_per_seed.items()}
+        return Side(values, cell.format_per_example) if values else None
     values = {seed: (perf, aer) for seed, perf, aer in cell.per_seed if perf is not None}
     return Side(values, cell.per_example) if values else None
 
@@ -116,14 +133,16 @@ def _row(model: str, dataset: str, comparison: Comparison, left: Side, right: Si
     return [model, label, comparison.question, per_seed, summary, interval, favour, aers]
 
 
-def paired_rows(cells: dict, models: list[str], datasets: list[str], rho_d: float, rho_p: float) -> list[list[str]]:
-    """One row per (model, data set, comparison) where both cells have a finished seed."""
+def paired_rows(
+    cells: dict, models: list[str], datasets: list[str], rho_d: float, rho_p: float, measure: str = "score"
+) -> list[list[str]]:
+    """One row per (model, data set, comparison) where both cells have a finished seed with the ``measure``."""
     rows = []
     for model in models:
         for dataset in datasets:
             for comparison in COMPARISONS:
-                left = _side(cells, model, dataset, *comparison.left, rho_d, rho_p)
-                right = _side(cells, model, dataset, *comparison.right, rho_d, rho_p)
+                left = _side(cells, model, dataset, *comparison.left, rho_d, rho_p, measure)
+                right = _side(cells, model, dataset, *comparison.right, rho_d, rho_p, measure)
                 if left is not None and right is not None:
                     rows.append(_row(model, dataset, comparison, left, right))
     return rows
@@ -146,4 +165,17 @@ def paired_section(
     ]
     rows = paired_rows(cells, models, datasets, rho_d, rho_p)
     lines.append(md_table(HEADER, rows) if rows else "No pair of cells has a finished seed yet.")
+    format_rows = paired_rows(cells, models, datasets, rho_d, rho_p, measure="format")
+    if format_rows:
+        lines += [
+            "",
+            f"{level}# Format adoption (exact match)",
+            "",
+            "The same differences on the share of answers that end in `#### <number>` at all, right or wrong "
+            "(GSM8K's format adoption, points of %): where exact match sits near the floor, adoption is what "
+            "training measurably changes. The interval needs each run's per-row adoption (`per_example_format` in "
+            "`p2d_eval.json`); a dash where a run's record predates it.",
+            "",
+            md_table(HEADER, format_rows),
+        ]
     return "\n".join(lines)

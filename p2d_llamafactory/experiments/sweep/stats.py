@@ -61,6 +61,7 @@ class EvalRecord:
     predictions: int | None = None
     format_adoption: float | None = None  # exact match only: % of answers ending in "#### N"
     per_example: list[float] = field(default_factory=list)  # per-row scores in points (0-1 in the file, times 100)
+    per_example_format: list[float] = field(default_factory=list)  # exact match only: 100/0 per row, "#### N" or not
 
 
 def eval_record(run: Run) -> EvalRecord:
@@ -70,15 +71,20 @@ def eval_record(run: Run) -> EvalRecord:
     if record is None or score is None:
         return EvalRecord()
     rows = record.get("num_predictions")
-    per_example = record.get("per_example")
-    per_row = [_number(x) for x in per_example] if isinstance(per_example, list) else []
     return EvalRecord(
         score=score,
         metric=record.get("metric"),
         predictions=rows if isinstance(rows, int) and not isinstance(rows, bool) else None,
         format_adoption=_number(record.get("format_adoption")),
-        per_example=[100.0 * x for x in per_row] if per_row and None not in per_row else [],
+        per_example=_points(record.get("per_example")),
+        per_example_format=_points(record.get("per_example_format")),
     )
+
+
+def _points(values: Any) -> list[float]:
+    """A per-row list of the file (0-1 scale) in points; empty when it is missing or holds a non-number."""
+    per_row = [_number(x) for x in values] if isinstance(values, list) else []
+    return [100.0 * x for x in per_row] if per_row and None not in per_row else []
 
 
 def run_score(run: Run) -> tuple[float | None, str | None, int | None]:

@@ -63,6 +63,8 @@ class ResultCell:
     per_seed: list[tuple[int, float | None, float | None]] = field(default_factory=list)  # (seed, perf, aer)
     format_adoption: float | None = None  # exact match: mean % of answers ending in "#### N", over the seeds
     per_example: dict[int, list[float]] = field(default_factory=dict)  # seed -> per-row scores (points)
+    format_per_seed: dict[int, float] = field(default_factory=dict)  # exact match: seed -> format adoption (%)
+    format_per_example: dict[int, list[float]] = field(default_factory=dict)  # seed -> per-row adoption (100/0)
 
     @property
     def n(self) -> int:
@@ -72,8 +74,9 @@ class ResultCell:
 def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
     """Cell key -> its seeds' values (finished values only; a missing one is never counted as zero)."""
     seeds: dict[tuple, list[tuple[int, float | None, float | None, str | None]]] = {}
-    adoptions: dict[tuple, list[float]] = {}
+    adoptions: dict[tuple, dict[int, float]] = {}
     rows: dict[tuple, dict[int, list[float]]] = {}
+    format_rows: dict[tuple, dict[int, list[float]]] = {}
     for run in runs:
         record = eval_record(run)
         aer, _ = aer_of(run)
@@ -81,7 +84,9 @@ def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
         if record.per_example:
             rows.setdefault(run.key, {})[run.seed] = record.per_example
         if record.format_adoption is not None:
-            adoptions.setdefault(run.key, []).append(record.format_adoption)
+            adoptions.setdefault(run.key, {})[run.seed] = record.format_adoption
+        if record.per_example_format:
+            format_rows.setdefault(run.key, {})[run.seed] = record.per_example_format
     cells = {}
     for key, entries in seeds.items():
         perfs = [perf for _, perf, _, _ in entries if perf is not None]
@@ -99,8 +104,10 @@ def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
             aer_runs=len(aers),
             listed=len(entries),
             per_seed=sorted((seed, perf, aer) for seed, perf, aer, _ in entries),
-            format_adoption=mean_std(adoptions.get(key, []))[0],
+            format_adoption=mean_std(list(adoptions.get(key, {}).values()))[0],
             per_example=rows.get(key, {}),
+            format_per_seed=adoptions.get(key, {}),
+            format_per_example=format_rows.get(key, {}),
         )
     return cells
 
