@@ -13,6 +13,7 @@ import yaml
 
 from p2d_llamafactory.experiments import grid
 from p2d_llamafactory.experiments.sweep import CLI_ENV, EVAL_ENV, build_report, load_runs, main
+from p2d_llamafactory.experiments.sweep.paired import paired_rows
 from p2d_llamafactory.experiments.sweep.stats import bootstrap_interval
 
 
@@ -544,6 +545,8 @@ def test_paired_differences_on_format_adoption(project):
     # per row: seed 4242 (100, 100, 0, 0), seed 4343 (0, -100, 100, -100), averaged (50, 0, 50, -50)
     low, high = bootstrap_interval([50.0, 0.0, 50.0, -50.0])
     assert f"| +12.50 ± 53.03 | {_interval(low, high)} | 1 of 2 |" in row
+    with pytest.raises(ValueError, match="measure must be one of score, format; got 'fmt'"):
+        paired_rows({}, ["tiny"], ["gsm8k"], 0.1, 0.1, measure="fmt")
 
 
 def test_bootstrap_interval_matches_scipy_and_is_paired():

@@ -16,6 +16,7 @@ in ``#### <number>`` at all: at small model sizes exact match sits near the floo
 """
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ... import methods
 from .runs import percent
@@ -38,6 +39,8 @@ COMPARISONS = (
     Comparison("P2D + P2D heads − random + LoRA", ("p2d", "p2d_heads"), ("random", "lora")),
     Comparison("P2D + P2D heads − full data + full fine-tuning", ("p2d", "p2d_heads"), ("none", "full")),
 )
+Measure = Literal["score", "format"]  # the metric, or exact match's format adoption
+MEASURES: tuple[Measure, ...] = ("score", "format")
 HEADER = [
     "Model",
     "Dataset",
@@ -66,7 +69,7 @@ def _side(
     adaptation: str,
     rho_d: float,
     rho_p: float,
-    measure: str = "score",
+    measure: Measure = "score",
 ) -> Side | None:
     """The cell of (selection, adaptation) at the main budget; LoRA at its one rank (None if the runs hold several).
     ``measure``: "score" (the metric) or "format" (exact match's format adoption)."""
@@ -134,9 +137,11 @@ def _row(model: str, dataset: str, comparison: Comparison, left: Side, right: Si
 
 
 def paired_rows(
-    cells: dict, models: list[str], datasets: list[str], rho_d: float, rho_p: float, measure: str = "score"
+    cells: dict, models: list[str], datasets: list[str], rho_d: float, rho_p: float, measure: Measure = "score"
 ) -> list[list[str]]:
     """One row per (model, data set, comparison) where both cells have a finished seed with the ``measure``."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}; got {measure!r}")
     rows = []
     for model in models:
         for dataset in datasets:

@@ -61,7 +61,6 @@ class ResultCell:
     aer_runs: int = 0  # seeds with an AER
     listed: int = 0  # seeds (runs) the sweep lists for the cell
     per_seed: list[tuple[int, float | None, float | None]] = field(default_factory=list)  # (seed, perf, aer)
-    format_adoption: float | None = None  # exact match: mean % of answers ending in "#### N", over the seeds
     per_example: dict[int, list[float]] = field(default_factory=dict)  # seed -> per-row scores (points)
     format_per_seed: dict[int, float] = field(default_factory=dict)  # exact match: seed -> format adoption (%)
     format_per_example: dict[int, list[float]] = field(default_factory=dict)  # seed -> per-row adoption (100/0)
@@ -69,6 +68,11 @@ class ResultCell:
     @property
     def n(self) -> int:
         return self.runs
+
+    @property
+    def format_adoption(self) -> float | None:
+        """Exact match: the mean % of answers ending in "#### N" over the seeds that record it."""
+        return mean_std(list(self.format_per_seed.values()))[0]
 
 
 def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
@@ -104,7 +108,6 @@ def collect(runs: list[Run]) -> dict[tuple, ResultCell]:
             aer_runs=len(aers),
             listed=len(entries),
             per_seed=sorted((seed, perf, aer) for seed, perf, aer, _ in entries),
-            format_adoption=mean_std(list(adoptions.get(key, {}).values()))[0],
             per_example=rows.get(key, {}),
             format_per_seed=adoptions.get(key, {}),
             format_per_example=format_rows.get(key, {}),
