@@ -10,9 +10,6 @@ Importing this package is cheap on purpose: it must not import torch or llamafac
 
 __version__ = "0.1.0"
 
-SUPPORTED_LLAMAFACTORY_VERSIONS = ("0.9.5",)
-DISABLE_ENV = "P2D_LLAMAFACTORY_DISABLE"
-
 
 # The Python API (``p2d_llamafactory.api``, names in its ``__all__``), importable from the package itself. Loaded on
 # first use, so that ``import p2d_llamafactory`` (run by the .pth file at every interpreter start) imports no torch.

@@ -2,18 +2,16 @@
 
 It patches LLaMA-Factory modules right after they execute, before any other module binds their names,
 so the stock CLI, torchrun children and the process LLaMA-Board launches all see the P2D extensions.
-It imports neither torch nor llamafactory itself; nothing happens until LLaMA-Factory is imported.
+It runs at every Python start in the environment, so it imports nothing beyond ``os`` and ``sys`` (the switch is
+checked first); the first patched module that loads checks every patch point of the installed LLaMA-Factory
+(``integration.compat``) before anything is patched.
 """
 
-import importlib.abc
-import importlib.machinery
 import os
 import sys
-import warnings
-from importlib import metadata
 
-from . import DISABLE_ENV, SUPPORTED_LLAMAFACTORY_VERSIONS
 
+DISABLE_ENV = "P2D_LLAMAFACTORY_DISABLE"
 
 # module name -> "package.module:function" applied to the freshly executed module
 PATCH_TARGETS = {
@@ -28,36 +26,24 @@ PATCH_TARGETS = {
 }
 
 
-def _enabled() -> bool:
+def enabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
 
 
-def _supported_version() -> str | None:
-    """Return the installed llamafactory version if it is supported, else warn and return None."""
-    try:
-        version = metadata.version("llamafactory")
-    except metadata.PackageNotFoundError:
-        return None
-    if version not in SUPPORTED_LLAMAFACTORY_VERSIONS:
-        warnings.warn(
-            f"p2d-llamafactory supports llamafactory {', '.join(SUPPORTED_LLAMAFACTORY_VERSIONS)}, found {version}; "
-            "the P2D extensions stay inactive.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    return version
-
-
 def _run_patch(module) -> None:
-    target = PATCH_TARGETS[module.__name__]
-    module_name, func_name = target.split(":")
-    patch = getattr(importlib.import_module(module_name), func_name)
-    patch(module)
+    import importlib
+
+    from .integration.compat import verify_loaded
+
+    verify_loaded()  # every patch point, once per process: refuses before the first patch
+    module_name, func_name = PATCH_TARGETS[module.__name__].split(":")
+    getattr(importlib.import_module(module_name), func_name)(module)
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, wrapped: importlib.abc.Loader) -> None:
+class _PatchingLoader:
+    """The module's own loader, with the P2D patch applied right after the module executes."""
+
+    def __init__(self, wrapped) -> None:
         self.wrapped = wrapped
 
     def create_module(self, spec):
@@ -68,7 +54,7 @@ class _PatchingLoader(importlib.abc.Loader):
         _run_patch(module)
 
 
-class P2DFinder(importlib.abc.MetaPathFinder):
+class P2DFinder:
     """Meta path finder that wraps the loaders of the modules in ``PATCH_TARGETS``."""
 
     def find_spec(self, fullname, path=None, target=None):
@@ -86,12 +72,10 @@ class P2DFinder(importlib.abc.MetaPathFinder):
 
 def install() -> bool:
     """Install the finder once; returns whether the P2D extensions are active in this process."""
-    if not _enabled():
+    if not enabled():
         return False
     if any(isinstance(finder, P2DFinder) for finder in sys.meta_path):
         return True
-    if _supported_version() is None:
-        return False
     already = [name for name in PATCH_TARGETS if name in sys.modules]
     for name in already:  # imported before the hook existed (e.g. activation by hand): patch in place
         _run_patch(sys.modules[name])

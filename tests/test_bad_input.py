@@ -224,7 +224,7 @@ def test_probe_time_accumulates_across_resumes(tmp_path, monkeypatch):
 
 
 def test_training_time_accumulates_across_resumes(tmp_path):
-    callback = P2DTimingCallback(AERRequest(this_run_is_full_ft=True))
+    callback = P2DTimingCallback(AERRequest())
     args = SimpleNamespace(output_dir=str(tmp_path))
     (tmp_path / "checkpoint-4").mkdir()
     atomic_write_json(tmp_path / "checkpoint-4" / TRAINING_STATE_FILE, {"training_seconds": 41.5})

@@ -14,5 +14,10 @@ class RunContext:
     full_data_tokens: int | None = None  # tokens of the training split before data selection
     pending_selection: Any = None  # (aligned training split, its tokenizer function) while get_dataset runs
 
+    def clear(self) -> None:
+        """Forget the previous run (a new one is being parsed); a run without P2D leaves the context empty."""
+        for name, value in vars(RunContext()).items():
+            setattr(self, name, value)
+
 
 CURRENT = RunContext()

@@ -21,6 +21,8 @@ def get_dataset(original, template, model_args, data_args, training_args, stage,
     """Run P2D data selection on the aligned training split that LLaMA-Factory left untokenized, then tokenize the
     selected subset (and save it to ``tokenized_path``, if given); remember the tokenizer and the training split,
     for Fast Head Identification."""
+    if CURRENT.finetuning_args is None:  # not a P2D run: nothing to select, nothing to keep
+        return original(template, model_args, data_args, training_args, stage, tokenizer, processor)
     CURRENT.pending_selection = None
     tokenized_path = data_args.tokenized_path
     if _selects_data():

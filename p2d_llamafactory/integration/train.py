@@ -25,32 +25,29 @@ def _load_full_model():
 
 
 def run_sft(original, model_args, data_args, training_args, finetuning_args, generating_args, callbacks=None):
-    """Add the P2D timing callback (training time, AER) when the run uses any P2D feature, and to full
-    fine-tuning on the full data, which is then its own AER reference (AER = 1) for other runs; carry
-    ``p2d_heads.json`` into every checkpoint of a p2d_heads run; hold the output dir's lock while the P2D stages
-    and training run (process 0)."""
-    full_ft_reference = finetuning_args.finetuning_type == "full" and finetuning_args.p2d_data_selection == "none"
-    if finetuning_args.uses_p2d or full_ft_reference:
-        from ..report.timing import AERRequest, P2DTimingCallback
+    """For a run that uses a P2D feature: add the P2D timing callback (training time, AER), carry
+    ``p2d_heads.json`` into every checkpoint of a p2d_heads/lofit run, and hold the output dir's lock while the P2D
+    stages and training run (process 0). Any other run is LLaMA-Factory's alone: the plugin adds and writes nothing."""
+    if CURRENT.finetuning_args is not finetuning_args:  # not a P2D run (get_train_args kept no P2D arguments)
+        return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+    from ..io import OutputDirLock
+    from ..report.timing import AERRequest, P2DTimingCallback
 
-        request = AERRequest(
-            reference_dir=finetuning_args.p2d_aer_reference,
-            estimate_steps=finetuning_args.p2d_aer_estimate_steps,
-            this_run_is_full_ft=full_ft_reference,
-            load_full_model=_load_full_model,
-            full_data_tokens=_full_data_tokens,
-            epochs=training_args.num_train_epochs,
-            learning_rate=training_args.learning_rate,
-        )
-        callbacks = [*(callbacks or []), P2DTimingCallback(request)]
+    request = AERRequest(
+        reference_dir=finetuning_args.p2d_aer_reference,
+        estimate_steps=finetuning_args.p2d_aer_estimate_steps,
+        load_full_model=_load_full_model,
+        full_data_tokens=_full_data_tokens,
+        epochs=training_args.num_train_epochs,
+        learning_rate=training_args.learning_rate,
+    )
+    callbacks = [*(callbacks or []), P2DTimingCallback(request)]
     if finetuning_args.finetuning_type in ("p2d_heads", "lofit"):
         from ..adapter.artifact import HeadsFileCallback
 
-        callbacks = [*(callbacks or []), HeadsFileCallback()]
-    if not finetuning_args.uses_p2d or training_args.process_index != 0:
+        callbacks = [*callbacks, HeadsFileCallback()]
+    if training_args.process_index != 0:
         return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
-    from ..io import OutputDirLock
-
     with OutputDirLock(training_args.output_dir, command=" ".join(sys.argv)):
         return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
 

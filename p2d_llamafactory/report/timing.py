@@ -34,11 +34,10 @@ TRAINING_STATE_FILE = "p2d_training_time.json"  # in each checkpoint: training s
 
 @dataclass
 class AERRequest:
-    """How t_FFT is obtained: a reference run, an estimate from k timed full steps, or this run itself."""
+    """How t_FFT is obtained: a reference run or an estimate from k timed full steps (neither: no AER)."""
 
     reference_dir: str | None = None
     estimate_steps: int | None = None
-    this_run_is_full_ft: bool = False
     load_full_model: Callable[[], Any] | None = None  # for the estimate
     full_data_tokens: Callable[[], int] | None = None  # real tokens of the full training data
     epochs: float = 1.0
@@ -77,7 +76,7 @@ class P2DTimingCallback(TrainerCallback):
         line: dict[str, Any] = {
             f"p2d_{key}": value for key, value in {**selection, "training_seconds": training}.items()
         }
-        t_fft = self._t_fft(training, args, train_dataloader)
+        t_fft = self._t_fft(args, train_dataloader)
         if t_fft is not None:
             record = aer_record(selection, training, *t_fft, inherited_seconds=inherited)
             atomic_write_json(Path(args.output_dir) / AER_FILE, record)
@@ -85,15 +84,13 @@ class P2DTimingCallback(TrainerCallback):
             logger.info("P2D: AER = %.4f (%s t_FFT = %.1f s)", record["aer"], record["mode"], record["t_fft_seconds"])
         _append_log(args.output_dir, state, line, training)
 
-    def _t_fft(self, training: float, args, dataloader) -> tuple[float, str, dict[str, Any]] | None:
+    def _t_fft(self, args, dataloader) -> tuple[float, str, dict[str, Any]] | None:
         request = self.request
         if request.reference_dir is not None:
             seconds, source = reference_training_seconds(request.reference_dir)
             return seconds, "measured", {"reference": source}
         if request.estimate_steps:
             return self._estimate(args, dataloader)
-        if request.this_run_is_full_ft:
-            return training, "measured", {"reference": "this run (full fine-tuning on the full data)"}
         return None
 
     def _estimate(self, args, dataloader) -> tuple[float, str, dict[str, Any]]:
