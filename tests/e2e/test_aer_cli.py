@@ -1,5 +1,5 @@
 """AER through the stock ``llamafactory-cli train``: the measured and estimated t_FFT paths, the trainer_log line
-LLaMA-Board reads, and full fine-tuning as its own reference."""
+LLaMA-Board reads, and a stock full fine-tuning run as the reference."""
 
 import json
 
@@ -51,13 +51,22 @@ def test_measured_and_estimated_aer_through_the_cli(tiny_models, tiny_dataset_di
             assert inputs["full_data_tokens"] > inputs["timed_tokens"]
 
 
-def test_full_fine_tuning_on_the_full_data_is_its_own_reference(tiny_models, tiny_dataset_dir, tmp_path):
+@pytest.mark.core
+def test_a_stock_full_run_writes_nothing_of_the_plugin_and_is_an_aer_reference(
+    tiny_models, tiny_dataset_dir, tmp_path
+):
+    """A full fine-tuning run without ``p2d_*`` keys is LLaMA-Factory's alone (no P2D file, log line or callback);
+    a later P2D run takes its t_FFT from LLaMA-Factory's own train_results.json."""
     config = train_config(
         tiny_models["llama"], tiny_dataset_dir, tmp_path / "fft", finetuning_type="full", max_steps=2
     )
     for key in ("p2d_head_ratio", "p2d_fhi_samples", "p2d_fhi_steps", "p2d_fhi_lr"):
         config.pop(key)
-    run_cli("train", str(write_yaml(tmp_path / "fft.yaml", config)), cwd=tmp_path)
-    record = json.loads((tmp_path / "fft" / "p2d_aer.json").read_text())
-    assert record["aer"] == 1.0 and record["mode"] == "measured" and record["selection_seconds"] == 0
-    assert reference_training_seconds(tmp_path / "fft")[0] == record["training_seconds"]  # usable as a reference
+    log = run_cli("train", str(write_yaml(tmp_path / "fft.yaml", config)), cwd=tmp_path)
+    written = sorted(str(path.relative_to(tmp_path / "fft")) for path in (tmp_path / "fft").rglob("*"))
+    assert "checkpoint-2" in written and "train_results.json" in written
+    assert [name for name in written if "p2d" in name] == [] and "P2D" not in log
+    log_lines = [json.loads(line) for line in (tmp_path / "fft" / "trainer_log.jsonl").read_text().splitlines()]
+    assert log_lines and not any(key.startswith("p2d_") for line in log_lines for key in line)
+    runtime = json.loads((tmp_path / "fft" / "train_results.json").read_text())["train_runtime"]
+    assert reference_training_seconds(tmp_path / "fft") == (runtime, str(tmp_path / "fft" / "train_results.json"))

@@ -13,6 +13,9 @@ from tests.helpers.cli import adapter_config, assert_same_adapters, resume_run, 
 from tests.helpers.tiny import logits, random_ids
 
 
+pytestmark = pytest.mark.core
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_models, tiny_dataset_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")

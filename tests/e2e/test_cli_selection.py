@@ -31,7 +31,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+CORE = ("p2d with p2d_heads", "p2d with lora and a heads file")  # also run against LLaMA-Factory main
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=[pytest.mark.core] * (case in CORE)) for case in CASES])
 def test_each_selection_method_through_the_cli(case, tiny_models, two_datasets, tmp_path):
     spec = dict(CASES[case])
     overrides = {
