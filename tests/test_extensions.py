@@ -97,3 +97,27 @@ def test_an_extension_that_replaces_get_dataset_is_named_for_a_p2d_run(monkeypat
         "extension_get_dataset. Remove the `p2d_*` keys"
     )
     parse_train_args(make_args(finetuning_type="lora"))  # a run without P2D does not need it
+
+
+def test_argument_lists_of_runs_p2d_does_not_join_refuse_the_p2d_keys_by_name(monkeypatch, make_args):
+    """Megatron Bridge (LLaMA-Factory main), MCA and any later list train through their own workflows: the P2D keys
+    parse there only to be refused by name; their runs without P2D are unchanged."""
+    from transformers import HfArgumentParser
+
+    from p2d_llamafactory.integration.hparams import extend_argument_lists
+
+    if not hasattr(parser, "_TRAIN_MBRIDGE_ARGS"):  # LLaMA-Factory 0.9.5: the same list shape, as a later one would be
+        stock = [FinetuningArguments if issubclass(cls, FinetuningArguments) else cls for cls in parser._TRAIN_ARGS]
+        monkeypatch.setattr(parser, "_TRAIN_MBRIDGE_ARGS", stock, raising=False)
+    monkeypatch.setattr(parser, "_TRAIN_LATER_ARGS", [FinetuningArguments], raising=False)
+    extend_argument_lists(parser)
+    finetuning = [cls for cls in parser._TRAIN_MBRIDGE_ARGS if issubclass(cls, FinetuningArguments)]
+    args = make_args(p2d_head_ratio=0.5)
+    with pytest.raises(ValueError, match=r"P2D does not run under Megatron Bridge \(USE_MEGATRON_BRIDGE=1\); remove"):
+        HfArgumentParser(parser._TRAIN_MBRIDGE_ARGS).parse_dict(args, allow_extra_keys=True)
+    with pytest.raises(
+        ValueError, match="P2D does not run under LLaMA-Factory's `_TRAIN_LATER_ARGS` runs; remove `p2d_"
+    ):
+        parser._TRAIN_LATER_ARGS[0](p2d_data_selection="random")
+    assert parser._TRAIN_LATER_ARGS[0](finetuning_type="lora").finetuning_type == "lora"
+    assert len(finetuning) == 1 and finetuning[0].__p2d_refusal__ == "Megatron Bridge (USE_MEGATRON_BRIDGE=1)"
