@@ -133,7 +133,6 @@ ADAPTATIONS = _table(
 HEAD_ADAPTATIONS = tuple(name for name, m in ADAPTATIONS.items() if m.keys["finetuning_type"] == "p2d_heads")
 # Table 1's rows; the head-scorer ablations (``extra["ablation"]``) are reported only where runs exist
 TABLE1_ADAPTATIONS = tuple(name for name, m in ADAPTATIONS.items() if not m.extra.get("ablation"))
-FINETUNING_TYPES = ("lora", "oft", "freeze", "full", "p2d_heads", "lofit")  # LLaMA-Factory's, plus this plugin's
 HEAD_FINETUNING_TYPES = ("p2d_heads", "lofit")  # train per-head parameters, saved as standard PEFT LoRA adapters
 REPORTED_FINETUNING_TYPES = tuple(dict.fromkeys(m.keys["finetuning_type"] for m in ADAPTATIONS.values()))
 

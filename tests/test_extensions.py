@@ -92,11 +92,24 @@ def test_an_extension_that_replaces_get_dataset_is_named_for_a_p2d_run(monkeypat
     with pytest.raises(ValueError) as refused:
         parse_train_args(make_args(p2d_data_selection="random", p2d_data_ratio=0.5))
     assert str(refused.value).startswith(
-        "P2D needs LLaMA-Factory's data loading, but `llamafactory.train.sft.workflow.get_dataset` is replaced by "
+        "P2D needs LLaMA-Factory's `get_dataset`, but `llamafactory.train.sft.workflow.get_dataset` is replaced by "
         "tests.test_extensions.test_an_extension_that_replaces_get_dataset_is_named_for_a_p2d_run.<locals>."
         "extension_get_dataset. Remove the `p2d_*` keys"
     )
     parse_train_args(make_args(finetuning_type="lora"))  # a run without P2D does not need it
+
+
+def test_an_extension_that_replaces_run_sft_is_named_too(monkeypatch, make_args):
+    import llamafactory.train.tuner as tuner
+
+    def extension_run_sft(model_args, data_args, training_args, finetuning_args, generating_args, callbacks=None):
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(tuner, "run_sft", extension_run_sft)
+    with pytest.raises(
+        ValueError, match=r"P2D needs LLaMA-Factory's `run_sft`, but `llamafactory.train.tuner.run_sft`"
+    ):
+        parse_train_args(make_args())
 
 
 def test_argument_lists_of_runs_p2d_does_not_join_refuse_the_p2d_keys_by_name(monkeypatch, make_args):

@@ -180,7 +180,7 @@ def get_train_args(original, args=None):
         if p2d is not None:
             _warn_ineffective(p2d)
         return model_args, data_args, training_args, finetuning_args, generating_args
-    check_own_data_loading(p2d)
+    check_own_call_sites(p2d)
     check_output_dir(training_args.output_dir)
     if p2d.finetuning_type in HEAD_FINETUNING_TYPES:
         check_model_for_p2d(model_args, p2d, training_args.do_train)
@@ -198,25 +198,30 @@ def get_train_args(original, args=None):
     return model_args, data_args, training_args, finetuning_args, generating_args
 
 
-# where LLaMA-Factory's SFT path calls get_dataset: the plugin's stages run inside its wrapper of it
-DATA_ENTRY_POINTS = ("llamafactory.train.sft.workflow", "llamafactory.data.loader")
+# where LLaMA-Factory's SFT path calls what the plugin wraps for a P2D run (stages I and II run in get_dataset, stage
+# III is set up in init_adapter, the timing callback and the output dir's lock join in run_sft)
+P2D_CALL_SITES = (
+    ("llamafactory.train.sft.workflow", "get_dataset"),
+    ("llamafactory.data.loader", "get_dataset"),
+    ("llamafactory.model.loader", "init_adapter"),
+    ("llamafactory.train.tuner", "run_sft"),
+)
 
 
-def check_own_data_loading(args: P2DArguments) -> None:
-    """A P2D run needs LLaMA-Factory's ``get_dataset`` (the plugin's wrapper of it runs stages I and II and keeps the
-    training split): refuse, naming it, a run where another extension replaced it (DataFlex's dynamic_mix,
-    dynamic_lego and raw-row dynamic_reorder do), rather than crash or skip P2D's stages later."""
-    for name in DATA_ENTRY_POINTS:
-        function = getattr(sys.modules.get(name), "get_dataset", None)
+def check_own_call_sites(args: P2DArguments) -> None:
+    """Refuse, naming it, a P2D run where another extension replaced a function the plugin wraps (DataFlex's
+    dynamic_mix, dynamic_lego and raw-row dynamic_reorder replace get_dataset), rather than crash or skip a stage
+    later; a run without P2D never gets here."""
+    for module, name in P2D_CALL_SITES:
+        function = getattr(sys.modules.get(module), name, None)
         if function is not None and getattr(function, "__p2d_original__", None) is None:
             train_type = getattr(args, "train_type", None)  # DataFlex's mode, if DataFlex parsed the run
             raise ValueError(
-                f"P2D needs LLaMA-Factory's data loading, but `{name}.get_dataset` is replaced by "
+                f"P2D needs LLaMA-Factory's `{name}`, but `{module}.{name}` is replaced by "
                 f"{function.__module__}.{function.__qualname__}"
                 + (f" (DataFlex `train_type: {train_type}`)" if train_type else "")
                 + ". Remove the `p2d_*` keys and the P2D `finetuning_type`, or use a mode that keeps LLaMA-Factory's "
-                "get_dataset (DataFlex: static, dynamic_select, dynamic_weight, or dynamic_reorder with "
-                "`apply_at: index`)."
+                f"{name} (DataFlex: static, dynamic_select, dynamic_weight, or dynamic_reorder with `apply_at: index`)."
             )
 
 

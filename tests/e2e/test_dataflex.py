@@ -172,7 +172,7 @@ def test_p2d_is_refused_by_name_where_dataflex_replaces_get_dataset(tiny_models,
     code, log = _train(tmp_path, config)
     assert code != 0
     assert (
-        "P2D needs LLaMA-Factory's data loading, but `llamafactory.train.sft.workflow.get_dataset` is replaced" in log
+        "P2D needs LLaMA-Factory's `get_dataset`, but `llamafactory.train.sft.workflow.get_dataset` is replaced" in log
     )
     assert f"(DataFlex `train_type: {mode}`)" in log, log[-3000:]
     assert "trainable params" not in log and not out.exists()  # refused while parsing, before the model loads
