@@ -384,16 +384,18 @@ def head_learning_rate(learning_rate: float, p2d_head_lr_scale: float = HEAD_LR_
 
 
 def _save_with_heads(peft_model: Any):
-    """``save_pretrained`` that also writes the adapter's ``p2d_heads.json`` next to it, as every CLI checkpoint has."""
-    save_adapter = type(peft_model).save_pretrained
+    """``save_pretrained`` that also writes the adapter's ``p2d_heads.json`` next to it, as every CLI checkpoint has.
+    It wraps the instance's own ``save_pretrained`` (set by :func:`apply_head_slices`), which completes a state dict
+    given only the trainable tensors (a Trainer's save under ZeRO-3) with the fixed one-hot factors."""
+    save_adapter = peft_model.save_pretrained
 
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
-        result = save_adapter(self, save_directory, *args, is_main_process=is_main_process, **kwargs)
+    def save_pretrained(save_directory, *args, is_main_process: bool = True, **kwargs):
+        result = save_adapter(save_directory, *args, is_main_process=is_main_process, **kwargs)
         if is_main_process:
-            self.p2d_heads.save(Path(save_directory) / HEADS_FILE)
+            peft_model.p2d_heads.save(Path(save_directory) / HEADS_FILE)
         return result
 
-    return save_pretrained.__get__(peft_model)
+    return save_pretrained
 
 
 def apply_head_adapter(

@@ -166,6 +166,17 @@ def test_apply_head_adapter_trains_only_the_head_slices_and_saves_a_plain_peft_a
     loaded = PeftModel.from_pretrained(build_model("llama", tiny_tokenizer), tmp_path / "adapter").eval()  # plain peft
     torch.testing.assert_close(logits(loaded, ids), trained, rtol=0, atol=1e-5)
 
+    # a save given only the trainable tensors (what a Trainer passes under ZeRO-3) keeps the fixed one-hot factors
+    state = {name: param.detach().clone() for name, param in trainable.items()}
+    model.save_pretrained(tmp_path / "trainable_only", state_dict=state)
+    from safetensors.torch import load_file
+
+    written = load_file(tmp_path / "trainable_only" / "adapter_model.safetensors")
+    assert len(written) == 2 * len(trainable)  # each module's trainable factor and its fixed one-hot factor
+    loaded = PeftModel.from_pretrained(build_model("llama", tiny_tokenizer), tmp_path / "trainable_only").eval()
+    torch.testing.assert_close(logits(loaded, ids), trained, rtol=0, atol=1e-5)
+    assert (tmp_path / "trainable_only" / HEADS_FILE).is_file()
+
     merged = copy.deepcopy(model).merge_and_unload()
     d = layout.head_dim
     changed = {
