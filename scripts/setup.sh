@@ -40,6 +40,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # DataFlex, the other LLaMA-Factory data-selection extension, for the tests that run both: its torch<=2.10 cap does
   # not hold here, and its other requirements are LLaMA-Factory's (librosa aside, which nothing it runs imports)
   python -m pip install --quiet --no-deps "dataflex==1.1.0"
+  # Llama-3's BPE ranks, for the offline stand-ins of the hub models LLaMA-Factory's own test suite names
+  python -m pip install --quiet --no-deps "llama-models==0.3.0"
   echo "$want" > "$stamp"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DISABLE_VERSION_CHECK=1
