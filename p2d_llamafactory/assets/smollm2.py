@@ -129,11 +129,20 @@ def _remove_if_orphaned(path: Path, pid: int) -> None:
 def _convert(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
     """De-quantize the GGUF into ``out_dir`` and check the result; return facts for the marker."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tokenizers import processors
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     folder, name = str(gguf_path.parent), gguf_path.name
     logger.info("Loading the tokenizer from %s", gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # Saved as the plain fast tokenizer it is (its tokenizer.json), adding no special token around a text, as SmolLM2's
+    # own tokenizer does: transformers 5.5 reads this GGUF's GPT-2-style tokenizer as CodeLlamaTokenizer, which adds a
+    # BOS and, once saved, reloads with a Metaspace pre-tokenizer that turns every space into <|endoftext|>.
+    backend = loaded.backend_tokenizer
+    backend.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, chat_template=loaded.chat_template, unk_token=loaded.unk_token
+    )
     logger.info("De-quantizing %s to float32 (about 20 s on CPU)", name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = model.config

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from p2d_llamafactory.data.cache import SCORES_FILE
 from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
-from tests.helpers.cli import run_cli, torchrun_env, train_config, write_yaml
+from tests.helpers.cli import run_cli, run_distributed_cli, torchrun_env, train_config, write_yaml
 
 
 def _train(tmp_path, name, nproc, **overrides):
@@ -21,8 +21,11 @@ def _train(tmp_path, name, nproc, **overrides):
         p2d_head_lr_scale=1,
         **overrides,
     )
-    env = torchrun_env(nproc) if nproc > 1 else {}
-    log = run_cli("train", str(write_yaml(tmp_path / f"{name}.yaml", config)), cwd=tmp_path, **env)
+    path = str(write_yaml(tmp_path / f"{name}.yaml", config))
+    if nproc > 1:
+        log = run_distributed_cli("train", path, cwd=tmp_path, output_dir=tmp_path / name, **torchrun_env(nproc))
+    else:
+        log = run_cli("train", path, cwd=tmp_path)
     return log, load_file(tmp_path / name / "adapter_model.safetensors")
 
 

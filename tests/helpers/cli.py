@@ -27,6 +27,21 @@ def run_cli(*args: str, cwd: Path, **env: str) -> str:
     return log
 
 
+# torch's CPU backends (gloo, DeepSpeed's) sometimes abort one rank at interpreter exit, after the run has finished and
+# saved ("terminate called without an active exception"; seen on ZeRO-3 about 1 run in 4, and once on plain DDP)
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def run_distributed_cli(*args: str, cwd: Path, output_dir: Path, **env: str) -> str:
+    """``llamafactory-cli *args`` under torchrun, which must finish: a rank that aborts at interpreter exit after the
+    run trained and saved its adapter is judged by its files (``TEARDOWN_ABORT``). Returns stdout + stderr."""
+    result = cli_result(*args, cwd=cwd, **env)
+    log = result.stdout + result.stderr
+    finished = "***** train metrics *****" in log and (Path(output_dir) / "adapter_model.safetensors").is_file()
+    assert result.returncode == 0 or (finished and TEARDOWN_ABORT in log), log[-3000:]
+    return log
+
+
 def run_python(code: str, **env: str) -> str:
     """``python -c code`` with ``env`` added to the environment, which must succeed; returns its stripped stdout."""
     result = subprocess.run(
