@@ -37,7 +37,7 @@ def head_sets(source: HeadSet, ratio: float, random_seeds: list[int]) -> dict[st
     )
     found = {
         "w1": (scores, source.method),
-        "bottom_w1": (-scores, f"lowest {source.method}"),
+        "bottom_w1": (-scores, source.method),  # scored by the same method; its lowest k
         **{f"random_s{seed}": (random_scores(layout, seed), "random") for seed in random_seeds},
     }
     return {
