@@ -30,7 +30,6 @@ class PatchPoint:
     name: str
     parameters: tuple[str, ...] | None = None
     defined_in: str | None = None
-    optional: bool = False
 
     @property
     def symbol(self) -> str:
@@ -176,11 +175,7 @@ def _in_range(version: str) -> bool:
 @cache
 def verify(package_dir: str) -> None:
     """Check every patch point of the LLaMA-Factory in ``package_dir``; raises naming each broken one."""
-    problems = [
-        problem
-        for point in PATCH_POINTS
-        if (problem := _problem(point, Path(package_dir))) is not None and not point.optional
-    ]
+    problems = [problem for point in PATCH_POINTS if (problem := _problem(point, Path(package_dir))) is not None]
     version = installed_version()
     if problems:
         raise IncompatibleLlamaFactoryError(
