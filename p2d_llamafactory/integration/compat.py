@@ -125,13 +125,21 @@ def _imports(statements: list[ast.stmt], name: str) -> bool:
     )
 
 
-def _problem(point: PatchPoint, package_dir: Path) -> str | None:
+def _statements(path: Path, parsed: dict[Path, list[ast.stmt]]) -> list[ast.stmt]:
+    """The module-level statements of ``path``, parsed once per check (``parsed``: the files already read)."""
+    if path not in parsed:
+        parsed[path] = _top_level(ast.parse(path.read_text(encoding="utf-8"), str(path))) if path.is_file() else []
+    return parsed[path]
+
+
+def _problem(point: PatchPoint, package_dir: Path, parsed: dict[Path, list[ast.stmt]] | None = None) -> str | None:
     """What is wrong with one patch point in the LLaMA-Factory at ``package_dir``; None when it is as needed."""
     module = point.defined_in or point.module
     path = _source_file(package_dir, point.module)
     if not path.is_file():
         return f"module `{point.module}` is missing ({path})"
-    statements = _top_level(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    parsed = {} if parsed is None else parsed
+    statements = _statements(path, parsed)
     if point.parameters is None:
         value = _assigned(statements, point.name)
         if value is None:
@@ -145,7 +153,7 @@ def _problem(point: PatchPoint, package_dir: Path) -> str | None:
         if not _imports(statements, point.name):
             return f"`{point.symbol}` is not imported in `{point.module}`"
         path = _source_file(package_dir, module)
-        statements = _top_level(ast.parse(path.read_text(encoding="utf-8"), str(path))) if path.is_file() else []
+        statements = _statements(path, parsed)
     function = _function(statements, point.name)
     if function is None:
         return f"`{module}.{point.name}` is not defined"
@@ -175,7 +183,8 @@ def _in_range(version: str) -> bool:
 @cache
 def verify(package_dir: str) -> None:
     """Check every patch point of the LLaMA-Factory in ``package_dir``; raises naming each broken one."""
-    problems = [problem for point in PATCH_POINTS if (problem := _problem(point, Path(package_dir))) is not None]
+    parsed: dict[Path, list[ast.stmt]] = {}  # each source file is read and parsed once
+    problems = [p for point in PATCH_POINTS if (p := _problem(point, Path(package_dir), parsed)) is not None]
     version = installed_version()
     if problems:
         raise IncompatibleLlamaFactoryError(
