@@ -35,7 +35,7 @@ from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.proxy import make_batches, micro_batch_tokens, sample_indices, train_proxy
 from p2d_llamafactory.heads.proxy_memory import proxy_memory, proxy_memory_from_config
 from p2d_llamafactory.heads.scoring import select_top, weight_scores
-from p2d_llamafactory.hparams import heads_to_select
+from p2d_llamafactory.hparams import count_for_ratio
 
 
 MiB = 2**20
@@ -144,7 +144,7 @@ def part_one(args: argparse.Namespace) -> dict:
                 results.append(pool.apply(run_mode, (folder, rows_path, mode, args)))
         first = results[0]
         num_heads = len(first["scores"]) * len(first["scores"][0])
-        k = heads_to_select(args.ratio, num_heads)
+        k = count_for_ratio(args.ratio, num_heads)
         rows = compare(results, k)
         print(
             f"\n{dataset}: {first['examples']} examples ({first['label_tokens']} response tokens), micro-batches of "

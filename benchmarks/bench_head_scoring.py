@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from p2d_llamafactory.heads.layout import AttentionLayout, find_attention_layout, projection_weights
 from p2d_llamafactory.heads.proxy import train_proxy
 from p2d_llamafactory.heads.scoring import composite_flat, head_distributions, select_top, w1_distance, weight_scores
-from p2d_llamafactory.hparams import heads_to_select
+from p2d_llamafactory.hparams import count_for_ratio
 
 
 T = TypeVar("T")
@@ -292,7 +292,7 @@ def main() -> int:
     folder = model_folder(args.model_dir)
     base = load_model(folder).eval()
     layout = find_attention_layout(base)
-    k = heads_to_select(args.ratio, layout.total_heads)
+    k = count_for_ratio(args.ratio, layout.total_heads)
     proxy, kind = build_proxy(base, layout, args)
     print(f"model: {folder} ({layout.num_layers} layers x {layout.num_heads} heads, {layout.num_kv_heads} KV heads)")
     print(f"proxy: {kind}; tau={args.temperature}; top-k k={k}; torch threads={torch.get_num_threads()}")

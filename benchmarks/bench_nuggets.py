@@ -31,7 +31,7 @@ from p2d_llamafactory.data.select import SelectionInputs, select_examples
 from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.scoring import random_scores, select_top
-from p2d_llamafactory.hparams import P2DArguments, heads_to_select
+from p2d_llamafactory.hparams import P2DArguments, count_for_ratio
 from p2d_llamafactory.integration.template import chat_frame
 
 
@@ -104,7 +104,7 @@ def bench_nuggets(model, tokenizer, frame, pool: list[Example], args) -> dict:
 def bench_probing(model, tokenizer, frame, pool: list[Example], args) -> dict:
     examples = pool[: args.candidates]
     layout = find_attention_layout(model)
-    heads = select_top(random_scores(layout, args.seed), heads_to_select(0.1, layout.total_heads))
+    heads = select_top(random_scores(layout, args.seed), count_for_ratio(0.1, layout.total_heads))
     head_set = HeadSet("bench", layout.shape(), "random", args.seed, 0.1, [], heads)
     inputs = SelectionInputs(
         examples=examples,

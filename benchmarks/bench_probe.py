@@ -43,11 +43,11 @@ from scipy.stats import spearmanr
 from p2d_llamafactory.data.metrics import score_answers
 from p2d_llamafactory.data.probe import Prober, ProbeSettings, PromptResult, final_scores, left_pad, plan_prompts
 from p2d_llamafactory.data.prompts import ChatFrame, Example, ProbePrompt, TaskStyle, build_prompt, task_style
-from p2d_llamafactory.data.select import num_to_select, top_examples
+from p2d_llamafactory.data.select import top_examples
 from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.scoring import random_scores, select_top
-from p2d_llamafactory.hparams import heads_to_select
+from p2d_llamafactory.hparams import count_for_ratio
 from p2d_llamafactory.integration.template import chat_frame
 
 
@@ -135,7 +135,7 @@ def probe_heads(model, args: argparse.Namespace) -> tuple[dict[int, list[int]], 
         head_set = HeadSet.load(args.heads_file)
         head_set.check_shape(layout)
         return head_set.by_layer(), f"{args.heads_file} ({head_set.method}, {len(head_set.selected)} heads)"
-    k = heads_to_select(args.head_ratio, layout.total_heads)
+    k = count_for_ratio(args.head_ratio, layout.total_heads)
     heads: dict[int, list[int]] = {}
     for layer, head in select_top(random_scores(layout, 0), k):
         heads.setdefault(layer, []).append(head)
@@ -374,7 +374,7 @@ def main() -> int:
 
     # ---------------- scores and agreement
     size = max(candidates) + 1
-    k = num_to_select(args.data_ratio, len(candidates))
+    k = count_for_ratio(args.data_ratio, len(candidates))
     finals = {}
     for name, run in runs.items():
         scores, uses, attention = final_scores(run.results, size)

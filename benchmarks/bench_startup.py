@@ -42,7 +42,11 @@ def previous_package(revision: str, folder: Path) -> Path:
     package.mkdir()
     for name in ("__init__.py", "_autoload.py"):
         source = subprocess.run(
-            ["git", "show", f"{revision}:p2d_llamafactory/{name}"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "show", f"{revision}:p2d_llamafactory/{name}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         (package / name).write_text(source)
     return folder
@@ -58,7 +62,11 @@ def main() -> None:
         old = previous_package(args.previous, Path(tmp))
         configs = {
             "this hook": ("pass", "p2d_llamafactory._autoload", base),
-            "this hook, switched off": ("pass", "p2d_llamafactory._autoload", {**base, "P2D_LLAMAFACTORY_DISABLE": "1"}),
+            "this hook, switched off": (
+                "pass",
+                "p2d_llamafactory._autoload",
+                {**base, "P2D_LLAMAFACTORY_DISABLE": "1"},
+            ),
             f"previous hook ({args.previous})": (
                 "import p2d_previous._autoload",
                 "p2d_previous._autoload",

@@ -36,7 +36,7 @@ from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.heads.layout import AttentionLayout, find_attention_layout, layout_from_config
 from p2d_llamafactory.heads.proxy import train_proxy
 from p2d_llamafactory.heads.scoring import random_scores, select_top, weight_scores
-from p2d_llamafactory.hparams import heads_to_select
+from p2d_llamafactory.hparams import count_for_ratio
 
 
 METHODS = ("full", "lora", "freeze", "p2d_heads", "p2d_heads_w1")
@@ -222,7 +222,7 @@ def w1_heads_worker(
 
 
 def head_sets(args: argparse.Namespace, folder: Path, methods: list[str], layout: AttentionLayout) -> dict[str, Heads]:
-    k = heads_to_select(args.head_ratio, layout.total_heads)
+    k = count_for_ratio(args.head_ratio, layout.total_heads)
     heads = {"p2d_heads": select_top(random_scores(layout, seed=args.seed), k)}
     if "p2d_heads_w1" in methods:
         tokenizer = load_tokenizer(folder)

@@ -25,19 +25,19 @@ import torch
 from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import AttentionLayout
 from p2d_llamafactory.heads.scoring import random_scores, select_top
-from p2d_llamafactory.hparams import heads_to_select
+from p2d_llamafactory.hparams import count_for_ratio
 
 
-def head_sets(source: HeadSet, ratio: float, random_seeds: list[int]) -> dict[str, HeadSet]:
+def head_sets(source: HeadSet, ratio: float, random_seeds: list[int], label: str = "w1") -> dict[str, HeadSet]:
     scores = torch.tensor(source.scores, dtype=torch.float64)
     layers, heads = scores.shape
-    k = heads_to_select(ratio, layers * heads)
+    k = count_for_ratio(ratio, layers * heads)
     layout = AttentionLayout(
         tuple(map(str, range(layers))), num_heads=heads, num_kv_heads=heads, head_dim=1, hidden_size=1
     )
     found = {
-        "w1": (scores, source.method),
-        "bottom_w1": (-scores, source.method),  # scored by the same method; its lowest k
+        label: (scores, source.method),
+        f"bottom_{label}": (-scores, source.method),  # scored by the same method; its lowest k
         **{f"random_s{seed}": (random_scores(layout, seed), "random") for seed in random_seeds},
     }
     return {
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--rates", default="0.003,0.01,0.03")
     parser.add_argument("--sets", default="w1,bottom_w1,random_s4242,random_s1,random_s2")
     parser.add_argument("--random-seeds", default="4242,1,2")
+    parser.add_argument("--label", default="w1", help="name of the top-k set (and of bottom_<label>), e.g. gradient")
     parser.add_argument("--collect", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -95,7 +96,7 @@ def main() -> None:
     for ratio in [float(r) for r in args.ratios.split(",")]:
         folder = out / f"rho{ratio:g}"
         folder.mkdir(parents=True, exist_ok=True)
-        for name, head_set in head_sets(source, ratio, seeds).items():
+        for name, head_set in head_sets(source, ratio, seeds, args.label).items():
             heads_file = head_set.save(folder / f"{name}.json")
             if name not in wanted:
                 continue

@@ -43,7 +43,7 @@ from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import AttentionLayout, find_attention_layout, projection_weights
 from p2d_llamafactory.heads.proxy import train_proxy
 from p2d_llamafactory.heads.scoring import composite_flat, random_scores, select_top, w1_distance
-from p2d_llamafactory.hparams import heads_to_select
+from p2d_llamafactory.hparams import count_for_ratio
 
 
 def parse_args() -> argparse.Namespace:
@@ -161,7 +161,7 @@ def main() -> None:
     folder = model_folder(args.model_dir)
     tokenizer, base = load_tokenizer(folder), load_model(folder).eval()
     layout = find_attention_layout(base)
-    k = heads_to_select(args.ratio, layout.total_heads)
+    k = count_for_ratio(args.ratio, layout.total_heads)
     rows = json.loads((Path(args.data_dir) / f"p2d_{args.dataset}_train.json").read_text())
     batches = fhi_batches(tokenizer, rows, args.samples, args.seed)
     proxy, losses = train_proxy(base, batches, args.steps, args.lr)

@@ -46,13 +46,14 @@ from .data.prompts import ChatFrame, Example, examples_fingerprint
 from .data.report import write_selection_report
 from .data.select import Selection, SelectionInputs, check_selection, select_examples
 from .distributed import rank
-from .heads.headset import HEADS_FILE, HeadSet
+from .files import AER_FILE, HEADS_FILE
+from .heads.headset import HeadSet
 from .heads.identify import FHIInputs
 from .heads.identify import identify_heads as _identify_heads
 from .heads.layout import AttentionLayout, find_attention_layout
-from .hparams import HEAD_LR_SCALE, P2DArguments, identity_keys, keys_of_stage, p2d_keys
+from .hparams import HEAD_LR_SCALE, P2DArguments, identity_keys, keys_of_concern, p2d_keys
 from .io import OutputDirLock, atomic_write_json
-from .report.aer import AER_FILE, aer_record, read_timings, record_timings, write_run_record
+from .report.aer import aer_record, read_timings, record_timings, write_run_record
 from .report.aer import reference_training_seconds as _reference_training_seconds
 
 
@@ -75,12 +76,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # the p2d_* keys each function takes, from the fields' declared concerns (never listed by hand)
-HEAD_KEYS = (*keys_of_stage("heads"), *keys_of_stage("proxy"))
+HEAD_KEYS = (*keys_of_concern("heads"), *keys_of_concern("proxy"))
 SELECT_KEYS = tuple(
-    dict.fromkeys((*keys_of_stage("selection"), *keys_of_stage("probing"), *identity_keys("selection")))
+    dict.fromkeys((*keys_of_concern("selection"), *keys_of_concern("probing"), *identity_keys("selection")))
 )
-ADAPTATION_KEYS = keys_of_stage("adaptation")
-AER_KEYS = keys_of_stage("aer")
+ADAPTATION_KEYS = keys_of_concern("adaptation")
+AER_KEYS = keys_of_concern("aer")
 DEFAULT_MAX_LENGTH = 2048  # LLaMA-Factory's cutoff_len default
 _PROMPT_MARK, _RESPONSE_MARK = "\x1fP2D-PROMPT\x1f", "\x1fP2D-RESPONSE\x1f"
 

@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from .hparams import heads_to_select
+from .hparams import count_for_ratio
 
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def check_fsdp(training_args: Any, finetuning_type: str = "p2d_heads") -> None:
 
 def check_head_ratio(ratio: float, layout: Any) -> None:
     """``p2d_head_ratio`` must select at least one head of this model."""
-    if heads_to_select(ratio, layout.total_heads) < 1:
+    if count_for_ratio(ratio, layout.total_heads) < 1:
         raise ValueError(
             f"`p2d_head_ratio: {ratio}` selects 0 of the {layout.total_heads} heads of this model; use a value in "
             f"[{0.5 / layout.total_heads:.4g}, 1]."

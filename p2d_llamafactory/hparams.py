@@ -1,10 +1,10 @@
 """P2D arguments: the ``p2d_*`` keys a LLaMA-Factory YAML accepts, validated at parse time.
 
 Like LLaMA-Factory's ``FinetuningArguments``, :class:`P2DArguments` is composed of one small dataclass per
-concern. Each field's metadata says which concern (``stage``) it belongs to and which stage results it
+concern. Each field's metadata says which concern (``concern``) it belongs to and which stage results it
 identifies (``identity``): the stage I cache key (``heads``) and the stage II cache key (``selection``) are
 derived from that metadata by :func:`identity`, the grid's key order and per-cell key lists by
-:func:`p2d_keys` / :func:`keys_of_stage`, and LLaMA-Board's defaults by :func:`default_of`, never listed by hand.
+:func:`p2d_keys` / :func:`keys_of_concern`, and LLaMA-Board's defaults by :func:`default_of`, never listed by hand.
 """
 
 import dataclasses
@@ -33,7 +33,7 @@ HEAD_LR_SCALE = 10.0  # default p2d_head_lr_scale (docs/tuning.md)
 DEFAULT_HEAD_MODULES = ("q", "o")
 _MODULE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
 # concerns, in pipeline order: stage I (heads, proxy), stage III (adaptation), stage II (selection, probing), AER
-STAGES = ("heads", "proxy", "adaptation", "selection", "probing", "aer")
+CONCERNS = ("heads", "proxy", "adaptation", "selection", "probing", "aer")
 IDENTITIES = ("heads", "selection", "lofit")  # stage I, stage II, LoFiT's step 1
 
 
@@ -41,17 +41,19 @@ class _FieldMetadata(dict):
     """Field metadata with P2D's own entries hidden from argparse: HfArgumentParser passes ``metadata.copy()`` on
     to ``add_argument`` as keyword arguments, so ``copy`` returns only the entries argparse knows."""
 
-    P2D_ENTRIES = ("stage", "identity", "accepts_list")
+    P2D_ENTRIES = ("concern", "identity", "accepts_list")
 
     def copy(self) -> dict[str, Any]:
         return {key: value for key, value in self.items() if key not in self.P2D_ENTRIES}
 
 
-def p2d_field(default: Any, help: str, stage: str, identity: tuple[str, ...] = (), accepts_list: bool = False) -> Any:
+def p2d_field(
+    default: Any, help: str, concern: str, identity: tuple[str, ...] = (), accepts_list: bool = False
+) -> Any:
     """A ``p2d_*`` field: its help text, its concern and the stage results whose identity it is part of
     (``accepts_list``: a YAML list of strings is as good as the comma-separated text)."""
-    assert stage in STAGES and all(name in IDENTITIES for name in identity)
-    metadata = _FieldMetadata(help=help, stage=stage, identity=identity, accepts_list=accepts_list)
+    assert concern in CONCERNS and all(name in IDENTITIES for name in identity)
+    metadata = _FieldMetadata(help=help, concern=concern, identity=identity, accepts_list=accepts_list)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -124,9 +126,9 @@ def parse_head_modules(value: str | list[str] | tuple[str, ...] | None) -> tuple
     return tuple(name for name in HEAD_MODULES if name in names)
 
 
-def heads_to_select(ratio: float, num_heads: int) -> int:
-    """Number of heads kept for ``ratio`` of ``num_heads`` (round half up)."""
-    return math.floor(ratio * num_heads + 0.5)
+def count_for_ratio(ratio: float, total: int) -> int:
+    """How many of ``total`` heads (rho_P) or examples (rho_D) ``ratio`` keeps: round half up."""
+    return math.floor(ratio * total + 0.5)
 
 
 def _positive_int(args: Any, *keys: str) -> None:
@@ -254,7 +256,8 @@ class LofitArguments:
 
     p2d_lofit_l1_lambda: float = p2d_field(
         5e-4,
-        "LoFiT step 1: weight of the L1 penalty sum |A| on the per-head scalings (LoFiT's 5e-4).",
+        "LoFiT step 1: weight of the L1 penalty sum |A| on the per-head scalings (LoFiT's 5e-4: its TruthfulQA and "
+        "MQuAKE scripts with Gemma-7B / Llama-2-7B).",
         "adaptation",
         ("lofit",),
     )
@@ -263,7 +266,7 @@ class LofitArguments:
     )
     p2d_lofit_select_epochs: float = p2d_field(
         5.0,
-        "LoFiT step 1: epochs over the training data (LoFiT's 5); step 2 trains for `num_train_epochs`.",
+        "LoFiT step 1: epochs over the training data (LoFiT's 5: every script trains each step for 5); step 2 trains for `num_train_epochs`.",
         "adaptation",
         ("lofit",),
     )
@@ -457,7 +460,7 @@ class P2DArguments(*_CONCERNS):
         identifies = needs_heads and not self.p2d_heads_file
         scorer = self.p2d_head_selection
         proxy = identifies and scorer in PROXY_SCORERS and self.p2d_task_model is None
-        stage = next(f.metadata["stage"] for f in p2d_fields(type(self)) if f.name == key)
+        concern = next(f.metadata["concern"] for f in p2d_fields(type(self)) if f.name == key)
         rules = {
             "p2d_head_ratio": (
                 identifies or lofit,
@@ -477,22 +480,22 @@ class P2DArguments(*_CONCERNS):
             "p2d_task_model": (identifies and scorer in PROXY_SCORERS, "no w1/cosine heads are identified"),
             **{
                 key: (lofit, "only `finetuning_type: lofit` uses it")
-                for key in keys_of_stage("adaptation")
+                for key in keys_of_concern("adaptation")
                 if "lofit" in key
             },
             **{
                 key: (self.p2d_data_selection == "nuggets", "only `p2d_data_selection: nuggets` uses it")
-                for key in keys_of_stage("selection")
+                for key in keys_of_concern("selection")
                 if "nuggets" in key
             },
         }
-        by_stage = {
+        by_concern = {
             "proxy": (proxy, "no proxy is trained"),
             "adaptation": (trains_heads, "only `finetuning_type: p2d_heads` trains head slices"),
             "selection": (selects, "`p2d_data_selection` is none"),
             "probing": (self.p2d_data_selection in PROBING_SELECTIONS, "no probing selection (p2d, data_whisperer)"),
         }
-        effective, why = rules.get(key) or by_stage.get(stage, (True, ""))
+        effective, why = rules.get(key) or by_concern.get(concern, (True, ""))
         if key == "p2d_icl_max_new_tokens" and self.p2d_icl_scoring != "generate":
             effective, why = False, "teacher-forced probing generates nothing"
         return None if effective else why
@@ -516,11 +519,11 @@ def p2d_keys(cls: type | None = None) -> tuple[str, ...]:
     return tuple(f.name for f in p2d_fields(cls))
 
 
-def keys_of_stage(stage: str, cls: type | None = None) -> tuple[str, ...]:
-    """The keys of one concern (``STAGES``)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
-    return tuple(f.name for f in p2d_fields(cls) if f.metadata.get("stage") == stage)
+def keys_of_concern(concern: str, cls: type | None = None) -> tuple[str, ...]:
+    """The keys of one concern (``CONCERNS``)."""
+    if concern not in CONCERNS:
+        raise ValueError(f"unknown concern {concern!r}; allowed: {', '.join(CONCERNS)}")
+    return tuple(f.name for f in p2d_fields(cls) if f.metadata.get("concern") == concern)
 
 
 def identity_keys(name: str, cls: type | None = None) -> tuple[str, ...]:

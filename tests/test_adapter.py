@@ -11,7 +11,7 @@ from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.adapter.config import slice_targets
 from p2d_llamafactory.assets.published import published_config
 from p2d_llamafactory.heads.layout import find_attention_layout, layout_from_config
-from p2d_llamafactory.hparams import heads_to_select
+from p2d_llamafactory.hparams import count_for_ratio
 from tests.helpers.tiny import FAMILIES, build_model, lm_batch, random_ids, train_like
 
 
@@ -25,7 +25,7 @@ def test_paper_trainable_share_on_qwen25_7b_shape():
 
     with torch.device("meta"):
         total = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    k = heads_to_select(0.1, layout.total_heads)
+    k = count_for_ratio(0.1, layout.total_heads)
     assert (layout.total_heads, k) == (784, 78)
     heads = [divmod(i * 10, 28) for i in range(k)]  # any 78 distinct heads: every head costs the same
     assert len(set(heads)) == k

@@ -15,8 +15,9 @@ import torch
 
 from p2d_llamafactory import api
 from p2d_llamafactory.adapter import count_slice_params
+from p2d_llamafactory.files import HEADS_FILE, HEATMAP_FILE
 from p2d_llamafactory.heads import identify as identify_module
-from p2d_llamafactory.heads.headset import HEADS_FILE, HEATMAP_FILE, HeadSet
+from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.hparams import P2DArguments
 from p2d_llamafactory.report.aer import record_timings

@@ -14,13 +14,14 @@ from p2d_llamafactory.adapter.artifact import HeadsFileCallback
 from p2d_llamafactory.data.cache import ProbeCheckpoint
 from p2d_llamafactory.data.probe import PromptResult
 from p2d_llamafactory.data.select import check_selection
-from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
+from p2d_llamafactory.files import HEADS_FILE, TRAINING_STATE_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.identify import FHIInputs, check_scores, identify_heads
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.hparams import P2DArguments
 from p2d_llamafactory.io import LOCK_FILE, OutputDirBusy, OutputDirLock, atomic_write_json
 from p2d_llamafactory.report.aer import aer_record
-from p2d_llamafactory.report.timing import TRAINING_STATE_FILE, AERRequest, P2DTimingCallback
+from p2d_llamafactory.report.timing import AERRequest, P2DTimingCallback
 from tests.helpers.cli import parse_train_args
 from tests.helpers.tiny import build_model, tiny_config
 

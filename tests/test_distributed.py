@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from p2d_llamafactory.data.cache import PROGRESS_FILE, SCORES_FILE, progress_files
+from p2d_llamafactory.data.cache import progress_files
 from p2d_llamafactory.data.select import select_examples
-from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
+from p2d_llamafactory.files import HEADS_FILE, PROGRESS_FILE, SCORES_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.identify import identify_heads
 from tests.helpers.distributed import (
     HEAD_METHODS,

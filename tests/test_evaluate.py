@@ -5,8 +5,6 @@ import json
 import pytest
 
 from p2d_llamafactory.experiments.evaluate import (
-    PREDICTIONS_FILE,
-    REPORT_FILE,
     EvaluationError,
     evaluate_predictions,
     load_predictions,
@@ -14,6 +12,7 @@ from p2d_llamafactory.experiments.evaluate import (
     score_example,
     write_report,
 )
+from p2d_llamafactory.files import EVAL_FILE, PREDICTIONS_FILE
 
 
 def _write_predictions(path, rows):
@@ -115,17 +114,17 @@ def test_run_directory_default_output_and_cli(tmp_path, capsys):
     assert main([str(run)]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "em = 50.00 on 2 predictions" in out and "100.0% adopt the '#### N' format" in out
-    report = json.loads((run / REPORT_FILE).read_text())
+    report = json.loads((run / EVAL_FILE).read_text())
     assert report["metric"] == "em" and report["score"] == 50.0 and report["per_example"] == [1.0, 0.0]
-    first = (run / REPORT_FILE).read_bytes()
+    first = (run / EVAL_FILE).read_bytes()
     assert main([str(run / PREDICTIONS_FILE), "--metric", "auto"]) == 0
-    assert (run / REPORT_FILE).read_bytes() == first  # rerun is byte-identical
+    assert (run / EVAL_FILE).read_bytes() == first  # rerun is byte-identical
 
     custom = tmp_path / "reports" / "eval.json"
     assert main([str(run), "--metric", "rougeL", "--output", str(custom)]) == 0
     assert json.loads(custom.read_text())["metric"] == "rougeL"
     # an existing directory as --output gets p2d_eval.json inside it
-    assert write_report(evaluate_predictions(run), tmp_path / "reports") == tmp_path / "reports" / REPORT_FILE
+    assert write_report(evaluate_predictions(run), tmp_path / "reports") == tmp_path / "reports" / EVAL_FILE
 
 
 def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
@@ -170,7 +169,7 @@ def test_references_file_scores_max_over_each_row(tmp_path, capsys):
 
     assert main([str(preds), "--references", str(refs)]) == 0
     assert f"references from {refs}" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / REPORT_FILE).read_text())["references"] == str(refs)
+    assert json.loads((tmp_path / "run" / EVAL_FILE).read_text())["references"] == str(refs)
 
 
 # ---------------------------------------------------------------- bad input: clear error, nothing written
@@ -289,7 +288,7 @@ def test_baseline_is_scored_the_same_way_and_shown_side_by_side(tmp_path, capsys
     assert f"  trained          75.00   {run}" in out
     assert "trained 27 of 270 heads (q,o slices): 1,000 of 100,000 weights (1.00%), at learning rate 0.001" in out
     assert "time: head identification 95 s, training 4.5 s" in out
-    report = json.loads((run / REPORT_FILE).read_text())
+    report = json.loads((run / EVAL_FILE).read_text())
     assert report["score"] == 75.0 and report["baseline"]["score"] == 25.0
 
 
@@ -299,4 +298,4 @@ def test_a_baseline_on_other_examples_is_refused(tmp_path, capsys):
     _write_predictions(base / PREDICTIONS_FILE, _rows(["#### 1"], ["#### 1"]))
     assert main([str(run), "--baseline", str(base)]) == 1
     assert "its predictions are for other examples" in capsys.readouterr().err
-    assert not (run / REPORT_FILE).exists()  # nothing half-written
+    assert not (run / EVAL_FILE).exists()  # nothing half-written

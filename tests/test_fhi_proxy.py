@@ -15,10 +15,11 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from p2d_llamafactory.assets.published import PUBLISHED_MODELS, published_config
+from p2d_llamafactory.files import HEADS_FILE
 from p2d_llamafactory.heads import identify as identify_module
 from p2d_llamafactory.heads import proxy as proxy_module
 from p2d_llamafactory.heads import proxy_memory as memory_module
-from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
+from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.identify import FHIInputs, identify_heads
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.proxy import Float32Projection, make_batches, train_proxy

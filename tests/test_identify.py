@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
+from p2d_llamafactory.files import HEADS_FILE, HEATMAP_FILE
 from p2d_llamafactory.heads import identify as identify_module
-from p2d_llamafactory.heads.headset import HEADS_FILE, HEATMAP_FILE, HeadSet
+from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.identify import FHIInputs, identify_heads
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.proxy import make_batches, train_proxy

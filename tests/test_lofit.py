@@ -16,7 +16,8 @@ from p2d_llamafactory.adapter.lofit import (
     count_bias_params,
     merge_lofit,
 )
-from p2d_llamafactory.heads.headset import LOFIT_HEADS_FILE, HeadSet
+from p2d_llamafactory.files import LOFIT_HEADS_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.lofit import (
     INIT_STD,

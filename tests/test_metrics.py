@@ -1,7 +1,7 @@
 import pytest
 
 from p2d_llamafactory.data.metrics import (
-    METRICS,
+    METRIC_FUNCTIONS,
     exact_match,
     final_number,
     resolve_metric,
@@ -119,7 +119,7 @@ def test_rouge_l_no_references():
 
 
 def test_metrics_registry():
-    assert METRICS == {"em": exact_match, "rougeL": rouge_l}
+    assert METRIC_FUNCTIONS == {"em": exact_match, "rougeL": rouge_l}
 
 
 def test_resolve_metric_auto_math():

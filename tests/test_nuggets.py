@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from p2d_llamafactory.data import nuggets as nuggets_module
-from p2d_llamafactory.data.cache import PROGRESS_FILE, SCORES_FILE
 from p2d_llamafactory.data.nuggets import (
     NuggetsSettings,
     frame_turn,
@@ -19,6 +18,7 @@ from p2d_llamafactory.data.nuggets import (
     zero_shot,
 )
 from p2d_llamafactory.data.select import select_examples
+from p2d_llamafactory.files import PROGRESS_FILE, SCORES_FILE
 from p2d_llamafactory.hparams import P2DArguments
 from tests.helpers.examples import chatml_frame, probe_examples
 from tests.helpers.tiny import FAMILIES, build_model

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from p2d_llamafactory.data import probe as probe_module
-from p2d_llamafactory.data.cache import PROGRESS_FILE, SCORES_FILE
 from p2d_llamafactory.data.probe import ProbeSettings, plan_prompts
 from p2d_llamafactory.data.prompts import BUILTIN_STYLES, Example, build_prompt
 from p2d_llamafactory.data.select import select_examples
+from p2d_llamafactory.files import PROGRESS_FILE, SCORES_FILE
 from p2d_llamafactory.hparams import P2DArguments
 from tests.helpers.examples import chatml_frame, probe_examples
 from tests.helpers.tiny import build_model

@@ -8,10 +8,11 @@ import pytest
 
 from p2d_llamafactory import hparams
 from p2d_llamafactory.board.settings import BoardSetting
-from p2d_llamafactory.data.cache import SCORES_FILE, finished_scores
+from p2d_llamafactory.data.cache import finished_scores
 from p2d_llamafactory.data.select import selection_settings
-from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
-from p2d_llamafactory.heads.identify import plan_identification, reusable_head_set
+from p2d_llamafactory.files import HEADS_FILE, SCORES_FILE
+from p2d_llamafactory.heads.headset import HeadSet
+from p2d_llamafactory.heads.identify import plan_identification, reusable_identification
 from p2d_llamafactory.heads.layout import AttentionLayout
 from p2d_llamafactory.hparams import P2DArguments, identity_keys, p2d_field
 from p2d_llamafactory.io import atomic_write_json
@@ -76,7 +77,7 @@ def test_identity_keys_come_from_field_metadata():
         "p2d_aer_reference",
     ):
         assert key not in heads and key not in selection
-    assert hparams.keys_of_stage("proxy") == (
+    assert hparams.keys_of_concern("proxy") == (
         "p2d_fhi_samples",
         "p2d_fhi_steps",
         "p2d_fhi_lr",
@@ -84,8 +85,8 @@ def test_identity_keys_come_from_field_metadata():
         "p2d_temperature",
         "p2d_task_model",
     )
-    with pytest.raises(ValueError, match="unknown stage 'fhi'; allowed: heads, proxy"):
-        hparams.keys_of_stage("fhi")
+    with pytest.raises(ValueError, match="unknown concern 'fhi'; allowed: heads, proxy"):
+        hparams.keys_of_concern("fhi")
 
 
 def test_p2d_metadata_never_reaches_argparse():
@@ -113,7 +114,7 @@ def test_a_new_field_reaches_every_consumer(monkeypatch):
     method_keys = grid_spec.blocks()["method"]
     assert "p2d_new_knob" in method_keys
     assert method_keys.index("p2d_new_knob") > method_keys.index("p2d_icl_batch_size")  # declaration order
-    assert "p2d_new_knob" in hparams.keys_of_stage("probing")
+    assert "p2d_new_knob" in hparams.keys_of_concern("probing")
     # LLaMA-Board: a widget for the key takes its default and group from the field
     widget = BoardSetting("p2d_new_knob", "number")
     assert widget.default == 0.5 and widget.group == "icl"
@@ -128,11 +129,11 @@ def test_every_identity_field_has_a_test_value():
 def test_changing_any_stage_one_identity_field_invalidates_reuse(key, tmp_path):
     base = WithNewKnob(p2d_head_selection="w1")
     settings = _head_set(base, tmp_path)
-    assert reusable_head_set(str(tmp_path), settings, LAYOUT) is not None  # identical: reused
+    assert reusable_identification(str(tmp_path), settings, LAYOUT) is not None  # identical: reused
     changed = dataclasses.replace(base, **{key: OTHER_VALUES[key]})
     _, other = plan_identification(EXAMPLES, changed, "tiny")
     assert other != settings
-    assert reusable_head_set(str(tmp_path), other, LAYOUT) is None
+    assert reusable_identification(str(tmp_path), other, LAYOUT) is None
 
 
 @pytest.mark.parametrize("key", identity_keys("selection", WithNewKnob))

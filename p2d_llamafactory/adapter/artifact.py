@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..heads.headset import HEADS_FILE, LOFIT_HEADS_FILE
+from ..files import HEADS_FILE, LOFIT_HEADS_FILE
 
 
 class HeadsFileCallback(TrainerCallback):

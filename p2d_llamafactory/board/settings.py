@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.prompts import BUILTIN_STYLES
-from ..hparams import DEFAULT_HEAD_MODULES, HEAD_MODULES, P2DArguments, default_of, keys_of_stage, p2d_fields
+from ..hparams import DEFAULT_HEAD_MODULES, HEAD_MODULES, P2DArguments, default_of, keys_of_concern, p2d_fields
 from ..methods import DATA_SELECTIONS, HEAD_SELECTIONS, ICL_SCORINGS
 
 
-# the accordion's groups, from each key's concern (hparams.STAGES)
+# the accordion's groups, from each key's concern (hparams.CONCERNS)
 _GROUPS = {"heads": "heads", "proxy": "heads", "adaptation": "adaptation", "selection": "data", "aer": "data"}
 _GROUPS["probing"] = "icl"
 
@@ -35,8 +35,8 @@ class BoardSetting:
     def group(self) -> str:
         """heads: the head set (stage I); adaptation: the slices that train (stage III, p2d_heads runs only);
         data: data selection (stage II) and AER; icl: probing."""
-        stage = next(f.metadata["stage"] for f in p2d_fields() if f.name == self.key)
-        return _GROUPS[stage]
+        concern = next(f.metadata["concern"] for f in p2d_fields() if f.name == self.key)
+        return _GROUPS[concern]
 
 
 SETTINGS = (
@@ -114,7 +114,7 @@ def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, 
     if not args.get("p2d_aer_estimate_steps"):
         args.pop("p2d_aer_estimate_steps", None)
     if args.get("p2d_heads_file"):  # a given head set replaces identification
-        for key in ("p2d_head_selection", *keys_of_stage("proxy")):
+        for key in ("p2d_head_selection", *keys_of_concern("proxy")):
             args.pop(key, None)
     return args
 

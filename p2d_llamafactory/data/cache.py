@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ..distributed import from_rank0, rank, world_size
+from ..files import PROGRESS_FILE, SCORES_FILE
 from ..hparams import with_later_keys
 from ..io import atomic_write_text, read_json
 from .probe import PromptResult
 
 
 logger = logging.getLogger(__name__)
-
-SCORES_FILE = "p2d_data_scores.json"
-PROGRESS_FILE = "p2d_data_probe.partial.jsonl"
 
 
 def same_selection(recorded: Any, settings: dict[str, Any]) -> bool:

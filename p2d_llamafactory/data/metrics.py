@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 
 __all__ = [
-    "METRICS",
+    "METRIC_FUNCTIONS",
     "exact_match",
     "final_number",
     "resolve_metric",
@@ -124,7 +124,7 @@ def rouge_l(prediction: str, reference: str | list[str]) -> float:
     return best
 
 
-METRICS: dict[str, Callable[[str, str], float]] = {"em": exact_match, "rougeL": rouge_l}
+METRIC_FUNCTIONS: dict[str, Callable[[str, str], float]] = {"em": exact_match, "rougeL": rouge_l}
 
 
 def resolve_metric(name: str, references: list[str]) -> str:
@@ -192,13 +192,15 @@ def split_answers(generated: str, num_queries: int, echo_label: str = "Question"
 
 def score_answers(generated: str, references: list[str], metric: str, echo_label: str = "Question") -> list[float]:
     """Per-query scores of one generation: split into ``len(references)`` answers (queries echoed as
-    ``<echo_label> k:`` end an answer), score each with ``METRICS[metric]`` against its own reference ("auto" must
+    ``<echo_label> k:`` end an answer), score each with ``METRIC_FUNCTIONS[metric]`` against its own reference ("auto" must
     be resolved with :func:`resolve_metric` first).
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(METRICS)} (resolve 'auto' first); got '{metric}'.")
+    if metric not in METRIC_FUNCTIONS:
+        raise ValueError(
+            f"metric must be one of {', '.join(METRIC_FUNCTIONS)} (resolve 'auto' first); got '{metric}'."
+        )
     if not references:
         return []
-    fn = METRICS[metric]
+    fn = METRIC_FUNCTIONS[metric]
     answers = split_answers(generated, len(references), echo_label)
     return [fn(answer, ref) for answer, ref in zip(answers, references)]

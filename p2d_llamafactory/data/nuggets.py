@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import gather, map_sharded, shard
+from ..hparams import default_of
 from .prompts import ChatFrame, Example
 
 
@@ -159,10 +160,10 @@ def random_anchors(num: int, k: int, seed: int) -> list[int]:
 
 @dataclass(frozen=True)
 class NuggetsSettings:
-    num_anchors: int = 100
-    anchor_sampling: str = "kmeans"
-    batch_size: int = 8
-    seed: int = 42
+    num_anchors: int = default_of("p2d_nuggets_anchors")
+    anchor_sampling: str = default_of("p2d_nuggets_anchor_sampling")
+    batch_size: int = default_of("p2d_nuggets_batch_size")
+    seed: int = default_of("p2d_seed")
 
 
 def choose_anchors(model: nn.Module, turns: dict[int, Turn], settings: NuggetsSettings, pad: int) -> list[int]:

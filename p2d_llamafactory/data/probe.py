@@ -9,20 +9,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import gather, shard
+from ..hparams import default_of
 from .attention import AttentionProbe, probing
 from .prompts import ChatFrame, Example, ProbePrompt, TaskStyle, build_prompt
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    num_demos: int = 5
-    num_queries: int = 3
-    rounds: int = 1
-    scoring: str = "generate"  # or "teacher_forced"
-    metric: str = "em"
-    max_new_tokens: int = 256
-    batch_size: int = 4
-    seed: int = 42
+    num_demos: int = default_of("p2d_icl_demos")
+    num_queries: int = default_of("p2d_icl_queries")
+    rounds: int = default_of("p2d_icl_rounds")
+    scoring: str = default_of("p2d_icl_scoring")  # generate or teacher_forced
+    metric: str = "em"  # resolved: em or rougeL (p2d_icl_metric's auto picks one)
+    max_new_tokens: int = default_of("p2d_icl_max_new_tokens")
+    batch_size: int = default_of("p2d_icl_batch_size")
+    seed: int = default_of("p2d_seed")
 
 
 @dataclass

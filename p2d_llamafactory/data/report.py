@@ -6,14 +6,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..files import HISTOGRAM_FILE, SELECTED_FILE, STATS_FILE
 from ..io import atomic_write_json, pyplot, save_figure
 from .baselines import response_losses
 from .select import Selection, SelectionInputs
-
-
-SELECTED_FILE = "p2d_data_selected.json"
-STATS_FILE = "p2d_data_stats.json"
-HISTOGRAM_FILE = "p2d_data_hist.png"
 
 
 def _summary(values: list[float]) -> dict[str, float]:

@@ -12,13 +12,14 @@ from typing import Any
 from torch import nn
 
 from ..distributed import from_rank0, rank
+from ..files import SCORES_FILE
 from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
-from ..hparams import identity, with_later_keys
+from ..hparams import count_for_ratio, identity, with_later_keys
 from ..io import atomic_write_json, read_json
 from ..methods import PROBING_SELECTIONS
 from .baselines import ifd_scores, random_scores
-from .cache import SCORES_FILE, ProbeCheckpoint, finished_scores, progress_files, same_selection
+from .cache import ProbeCheckpoint, finished_scores, progress_files, same_selection
 from .metrics import resolve_metric, score_answers
 from .nuggets import NuggetsResult, NuggetsSettings, choose_anchors, frame_turn, nuggets_scores
 from .probe import Prober, ProbeSettings, final_scores, plan_prompts, probe_all
@@ -57,10 +58,6 @@ class Selection:
     attention: list[float] = field(default_factory=list)  # mean w per example (probing methods)
     anchors: list[int] = field(default_factory=list)  # the anchor examples (nuggets)
     inherited_from: str | None = None  # the p2d_data_scores_file whose scores these are (another run paid them)
-
-
-def num_to_select(ratio: float, num_examples: int) -> int:
-    return math.floor(ratio * num_examples + 0.5)
 
 
 def top_examples(scores: list[float], k: int, method: str, tie_break: list[float] | None = None) -> list[int]:
@@ -154,7 +151,7 @@ def check_selection(args, token_lengths: list[int], max_length: int) -> tuple[in
     """(k, candidates, skipped): what selection keeps and scores; raises, before any model work, where it cannot
     (a ratio that keeps nothing, too few examples short enough for one probe prompt)."""
     n = len(token_lengths)
-    k = num_to_select(args.p2d_data_ratio, n)
+    k = count_for_ratio(args.p2d_data_ratio, n)
     if k < 1:
         raise ValueError(f"`p2d_data_ratio: {args.p2d_data_ratio}` keeps 0 of the {n} training examples.")
     skipped = [i for i, length in enumerate(token_lengths) if length > max_length]

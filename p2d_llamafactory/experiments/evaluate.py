@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from ..data.metrics import exact_match, final_number, resolve_metric, rouge_l
+from ..files import EVAL_FILE, PREDICTIONS_FILE, RUN_FILE
 from ..io import atomic_write_json, read_json
 from ..methods import METRIC_CHOICES, METRICS
-from ..report.aer import RUN_FILE, read_timings
+from ..report.aer import read_timings
 
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
     "compare_with_baseline",
     "comparison_lines",
     "PREDICTIONS_FILE",
-    "REPORT_FILE",
+    "EVAL_FILE",
     "default_output_path",
     "evaluate_predictions",
     "load_predictions",
@@ -66,9 +67,6 @@ __all__ = [
     "summary_line",
     "write_report",
 ]
-
-PREDICTIONS_FILE = "generated_predictions.jsonl"
-REPORT_FILE = "p2d_eval.json"
 
 
 class EvaluationError(ValueError):
@@ -87,7 +85,7 @@ def resolve_predictions_path(path: str | os.PathLike) -> Path:
 
 def default_output_path(predictions_path: str | os.PathLike) -> Path:
     """``p2d_eval.json`` next to the predictions file."""
-    return Path(predictions_path).parent / REPORT_FILE
+    return Path(predictions_path).parent / EVAL_FILE
 
 
 def load_predictions(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -221,7 +219,7 @@ def write_report(report: dict[str, Any], output: str | os.PathLike | None = None
     else:
         target = Path(output)
         if target.is_dir():
-            target = target / REPORT_FILE
+            target = target / EVAL_FILE
     return atomic_write_json(target, report)
 
 

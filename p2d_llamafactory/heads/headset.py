@@ -4,13 +4,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import HEADS_FILE
+from ..hparams import with_later_keys
 from ..io import atomic_write_json, read_json
 from .layout import AttentionLayout
 
 
-HEADS_FILE = "p2d_heads.json"
-HEATMAP_FILE = "p2d_heads.png"
-LOFIT_HEADS_FILE = "p2d_lofit_heads.json"  # LoFiT's step 1 (finetuning_type: lofit), same format
 FORMAT_VERSION = 1
 
 
@@ -100,3 +99,17 @@ def _selected_pairs(selected: Any, where: str) -> list[tuple[int, int]]:
     if duplicates:
         raise ValueError(f"{where}: `selected` must be {expected}; {[list(p) for p in duplicates]} repeat.")
     return pairs
+
+
+def reusable_head_set(path: Path, settings: dict[str, Any], layout: AttentionLayout, identity: str) -> HeadSet | None:
+    """The head set an identical earlier run left at ``path`` (stage I: ``identity`` "heads"; LoFiT's step 1:
+    "lofit"), if any: same settings (keys declared since it was written read as their defaults) and model shape."""
+    if not path.is_file():
+        return None
+    try:
+        previous = HeadSet.load(path)
+    except ValueError:
+        return None
+    if with_later_keys(previous.settings, identity) != settings or previous.shape != layout.shape():
+        return None
+    return previous

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from ..distributed import from_rank0, rank, shard, sum_over_ranks, world_size
-from ..hparams import P2DArguments, heads_to_select, identity, with_later_keys
+from ..files import HEADS_FILE, HEATMAP_FILE
+from ..hparams import P2DArguments, count_for_ratio, identity
 from ..methods import DATA_SCORERS, PROXY_SCORERS
-from .headset import HEADS_FILE, HEATMAP_FILE, HeadSet
+from .headset import HeadSet, reusable_head_set
 from .heatmap import plot_head_heatmap
 from .layout import AttentionLayout, find_attention_layout
 from .proxy import count_label_tokens, make_batches, micro_batch_tokens, sample_indices, train_proxy
@@ -75,18 +76,6 @@ def _load_task_model(path: str, device: torch.device) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
 
 
-def _reusable(path: Path, settings: dict[str, Any], layout: AttentionLayout) -> HeadSet | None:
-    if not path.is_file():
-        return None
-    try:
-        previous = HeadSet.load(path)
-    except ValueError:
-        return None
-    if with_later_keys(previous.settings, "heads") != settings or previous.shape != layout.shape():
-        return None
-    return previous
-
-
 def plan_identification(
     examples: Sequence[dict[str, Any]], args: P2DArguments, model_name: str
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -103,12 +92,14 @@ def plan_identification(
     return sample, head_identity(args, model_name, tokenized_fingerprint(sample) if sample else None)
 
 
-def reusable_head_set(output_dir: str | None, settings: dict[str, Any], layout: AttentionLayout) -> HeadSet | None:
+def reusable_identification(
+    output_dir: str | None, settings: dict[str, Any], layout: AttentionLayout
+) -> HeadSet | None:
     """The head set an identical earlier run left in ``output_dir``, if any."""
     if output_dir is None:
         return None
     path = Path(output_dir) / HEADS_FILE
-    previous = _reusable(path, settings, layout)
+    previous = reusable_head_set(path, settings, layout, "heads")
     if previous is not None:
         logger.info("P2D: reusing the identical head identification in %s", path)
     return previous
@@ -149,10 +140,10 @@ def identify_heads(
     if found_in_this_run:
         return _found_in_this_run(inputs, args, layout)
 
-    num_selected = heads_to_select(args.p2d_head_ratio, layout.total_heads)
+    num_selected = count_for_ratio(args.p2d_head_ratio, layout.total_heads)
     examples, settings = plan_identification(inputs.examples, args, inputs.model_name)
     out_path = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir and rank() == 0 else None
-    previous = reusable_head_set(inputs.output_dir, settings, layout) if rank() == 0 else None
+    previous = reusable_identification(inputs.output_dir, settings, layout) if rank() == 0 else None
     if (previous := from_rank0(previous)) is not None:  # every rank follows rank 0's decision
         return previous
 

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..hparams import heads_to_select, identity
-from .headset import LOFIT_HEADS_FILE, HeadSet
+from ..files import LOFIT_HEADS_FILE
+from ..hparams import count_for_ratio, default_of, identity
+from .headset import HeadSet, reusable_head_set
 from .identify import tokenized_fingerprint
 from .layout import AttentionLayout
 from .proxy import Batch, make_batches
@@ -33,9 +34,6 @@ from .scoring import select_top
 logger = logging.getLogger(__name__)
 
 
-L1_LAMBDA = 5e-4  # LoFiT's scripts (TruthfulQA, MQuAKE with Gemma-7B / Llama-2-7B)
-SELECT_LR = 5e-3  # step 1's learning rate in the same scripts
-SELECT_EPOCHS = 5.0  # every LoFiT script trains each step for 5 epochs
 INIT_STD = 1e-3  # "miu_{A} = 0, sigma_{A} = 1e-3 as the default" (lofit_trainer.py), for A and for v
 
 
@@ -43,10 +41,10 @@ INIT_STD = 1e-3  # "miu_{A} = 0, sigma_{A} = 1e-3 as the default" (lofit_trainer
 class LofitSelectSettings:
     """Step 1's schedule."""
 
-    l1_lambda: float = L1_LAMBDA
-    lr: float = SELECT_LR
-    epochs: float = SELECT_EPOCHS
-    seed: int = 42
+    l1_lambda: float = default_of("p2d_lofit_l1_lambda")
+    lr: float = default_of("p2d_lofit_select_lr")
+    epochs: float = default_of("p2d_lofit_select_epochs")
+    seed: int = default_of("p2d_seed")
 
 
 def _scale_heads(scale: nn.Parameter, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -140,17 +138,6 @@ def lofit_identity(args: Any, model_name: str, fingerprint: str, batch_size: int
     return {**identity(args, "lofit"), "model": model_name, "data": fingerprint, "batch_size": batch_size}
 
 
-def _reusable(path: Path, settings: dict[str, Any], layout: AttentionLayout) -> HeadSet | None:
-    try:
-        previous = HeadSet.load(path) if path.is_file() else None
-    except ValueError:
-        return None
-    if previous is None or previous.settings != settings or previous.shape != layout.shape():
-        return None
-    logger.info("LoFiT: reusing the identical head selection in %s", path)
-    return previous
-
-
 def select_lofit_heads(
     model: nn.Module,
     examples: Sequence[dict[str, Any]],
@@ -166,7 +153,8 @@ def select_lofit_heads(
     to ``<output_dir>/p2d_lofit_heads.json`` (reused by an identical rerun, so a resumed run keeps its heads)."""
     settings = lofit_identity(args, model_name, tokenized_fingerprint(examples), batch_size)
     path = Path(output_dir) / LOFIT_HEADS_FILE if output_dir else None
-    if path is not None and (previous := _reusable(path, settings, layout)) is not None:
+    if path is not None and (previous := reusable_head_set(path, settings, layout, "lofit")) is not None:
+        logger.info("LoFiT: reusing the identical head selection in %s", path)
         return previous
     schedule = LofitSelectSettings(
         args.p2d_lofit_l1_lambda, args.p2d_lofit_select_lr, args.p2d_lofit_select_epochs, args.p2d_seed
@@ -191,7 +179,7 @@ def select_lofit_heads(
         seed=args.p2d_seed,
         ratio=args.p2d_head_ratio,
         scores=norms.tolist(),
-        selected=select_top(norms, heads_to_select(args.p2d_head_ratio, layout.total_heads)),
+        selected=select_top(norms, count_for_ratio(args.p2d_head_ratio, layout.total_heads)),
         settings=settings,
         timings={"total_seconds": seconds},
         proxy_loss=losses,

@@ -10,12 +10,10 @@ Torch-free: the offline tools (``p2d-sweep``) read the same files with the same 
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_json, read_json
+from ..files import AER_FILE, RUN_FILE, TIMINGS_FILE, read_record
+from ..io import atomic_write_json
 
 
-AER_FILE = "p2d_aer.json"
-TIMINGS_FILE = "p2d_timings.json"
-RUN_FILE = "p2d_run.json"  # what stage III trained: heads, slices, share of the weights, learning rate
 INHERITED_PREFIX = "inherited_"  # p2d_timings.json keys of costs paid by another run (a heads file's stage I)
 TRAIN_RESULTS_FILES = ("train_results.json", "all_results.json")  # LLaMA-Factory's, with train_runtime
 
@@ -47,16 +45,8 @@ def write_run_record(
     atomic_write_json(Path(output_dir) / RUN_FILE, record)
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read_timings(output_dir: str | Path) -> dict[str, float]:
-    return read_record(Path(output_dir) / TIMINGS_FILE)
+    return read_record(Path(output_dir) / TIMINGS_FILE) or {}
 
 
 def record_timings(output_dir: str | Path, timings: dict[str, float], inherited: bool = False) -> None:
@@ -75,7 +65,7 @@ def training_seconds(output_dir: str | Path) -> tuple[float, str] | None:
     if "training_seconds" in timings:
         return float(timings["training_seconds"]), str(output_dir / TIMINGS_FILE)
     for name in TRAIN_RESULTS_FILES:
-        runtime = read_record(output_dir / name).get("train_runtime")
+        runtime = (read_record(output_dir / name) or {}).get("train_runtime")
         if runtime is not None:
             return float(runtime), str(output_dir / name)
     return None
@@ -94,7 +84,7 @@ def reference_training_seconds(reference_dir: str | Path) -> tuple[float, str]:
 
 def read_aer(output_dir: str | Path) -> dict[str, Any] | None:
     """The run's p2d_aer.json, if it holds an AER."""
-    record = read_record(Path(output_dir) / AER_FILE)
+    record = read_record(Path(output_dir) / AER_FILE) or {}
     return record if isinstance(record.get("aer"), (int, float)) else None
 
 

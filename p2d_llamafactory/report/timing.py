@@ -14,22 +14,14 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..files import AER_FILE, TRAINING_STATE_FILE, read_record
 from ..io import atomic_write_json
-from .aer import (
-    AER_FILE,
-    INHERITED_PREFIX,
-    aer_record,
-    read_record,
-    read_timings,
-    record_timings,
-    reference_training_seconds,
-)
+from .aer import INHERITED_PREFIX, aer_record, read_timings, record_timings, reference_training_seconds
 
 
 logger = logging.getLogger(__name__)
 TRAINER_LOG = "trainer_log.jsonl"
 SELECTION_KEYS = ("head_identification_seconds", "data_scoring_seconds")
-TRAINING_STATE_FILE = "p2d_training_time.json"  # in each checkpoint: training seconds up to its step
 
 
 @dataclass
@@ -57,7 +49,7 @@ class P2DTimingCallback(TrainerCallback):
         self.before = 0.0
         if state.global_step > 0:  # resumed: the checkpoint holds the training time up to its step
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / TRAINING_STATE_FILE
-            self.before = float(read_record(path).get("training_seconds", 0.0))
+            self.before = float((read_record(path) or {}).get("training_seconds", 0.0))
 
     def elapsed(self) -> float:
         return self.before + (time.perf_counter() - self.start if self.start is not None else 0.0)

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..hparams import heads_to_select
+from ..hparams import count_for_ratio
 
 
 METHODS = ("full", "lora", "p2d_heads")
@@ -119,7 +119,7 @@ def default_heads(layout: Any, ratio: float = HEAD_RATIO, seed: int = 0) -> list
     """A fixed head set: the top ``ratio`` of ``random_scores(layout, seed)`` (the paper's random-heads draw)."""
     from ..heads.scoring import random_scores, select_top
 
-    return select_top(random_scores(layout, seed), heads_to_select(ratio, layout.total_heads))
+    return select_top(random_scores(layout, seed), count_for_ratio(ratio, layout.total_heads))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
-from p2d_llamafactory.heads.headset import HEADS_FILE, HEATMAP_FILE, HeadSet
+from p2d_llamafactory.files import HEADS_FILE, HEATMAP_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import find_attention_layout
 from tests.helpers.cli import adapter_config, assert_same_adapters, resume_run, run_cli, train_config, write_yaml
 from tests.helpers.tiny import logits, random_ids

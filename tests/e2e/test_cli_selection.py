@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
+from p2d_llamafactory.files import HEADS_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from tests.helpers.cli import run_cli, train_config, write_yaml
 from tests.helpers.examples import demo_examples
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from p2d_llamafactory.data.cache import SCORES_FILE
-from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
+from p2d_llamafactory.files import HEADS_FILE, SCORES_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from tests.helpers.cli import run_cli, run_distributed_cli, torchrun_env, train_config, write_yaml
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from p2d_llamafactory.heads.headset import HEADS_FILE, HeadSet
+from p2d_llamafactory.files import HEADS_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from tests.helpers.cli import run_cli, train_config, write_yaml
 from tests.helpers.references import split_qkv
 

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from p2d_llamafactory.heads.headset import LOFIT_HEADS_FILE, HeadSet
+from p2d_llamafactory.files import LOFIT_HEADS_FILE
+from p2d_llamafactory.heads.headset import HeadSet
 from tests.helpers.cli import (
     adapter_config,
     assert_same_adapters,

@@ -12,7 +12,8 @@ in CI whether the committed files match the spec.
 them, ``cli`` is the command line.
 """
 
-from .cells import HEADS_FILE, GridCell, plan_cells, resolve_cell, tuning_name
+from ...files import HEADS_FILE
+from .cells import GridCell, plan_cells, resolve_cell, tuning_name
 from .cli import DEFAULT_OUTPUT_DIR, DEFAULT_SPEC, main
 from .render import HEADER_PREFIX, HEADER_SUFFIX, generate, header, render, stale_files
 from .spec import (

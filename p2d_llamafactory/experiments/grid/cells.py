@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ... import hparams, methods
+from ...files import HEADS_FILE, SCORES_FILE
 from .spec import (
     ABLATION_KEYS,
     CELL_KEYS,
@@ -28,8 +29,6 @@ from .spec import (
 
 
 # p2d_llamafactory.heads.headset and .data.cache name these too, but importing those modules pulls torch
-HEADS_FILE = "p2d_heads.json"
-SCORES_FILE = "p2d_data_scores.json"
 _LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
 
 
@@ -204,11 +203,11 @@ def _is_lofit(adaptation: str) -> bool:
 
 def _kept(cell: GridCell, own_w1_stage1: bool, selects: bool) -> dict[str, bool]:
     """Key -> whether the cell keeps it: the keys of a concern stay only in the cells that use it."""
-    selection_keys = [key for key in hparams.keys_of_stage("selection") if key not in CELL_KEYS]
-    adaptation_keys = hparams.keys_of_stage("adaptation")
+    selection_keys = [key for key in hparams.keys_of_concern("selection") if key not in CELL_KEYS]
+    adaptation_keys = hparams.keys_of_concern("adaptation")
     lofit = _is_lofit(cell.adaptation)
     return {
-        **dict.fromkeys(hparams.keys_of_stage("proxy"), own_w1_stage1),
+        **dict.fromkeys(hparams.keys_of_concern("proxy"), own_w1_stage1),
         **{
             key: lofit if key.startswith(LOFIT_PREFIX) else cell.adaptation in HEAD_ADAPTATION_NAMES
             for key in adaptation_keys
@@ -216,9 +215,9 @@ def _kept(cell: GridCell, own_w1_stage1: bool, selects: bool) -> dict[str, bool]
         **{key: selects and (cell.selection == "nuggets" or "nuggets" not in key) for key in selection_keys},
         **dict.fromkeys(_LORA_KEYS, cell.adaptation == "lora"),
         **dict.fromkeys(
-            hparams.keys_of_stage("probing"), bool(methods.SELECTIONS[cell.selection].extra.get("probing"))
+            hparams.keys_of_concern("probing"), bool(methods.SELECTIONS[cell.selection].extra.get("probing"))
         ),
-        **(dict.fromkeys(hparams.keys_of_stage("aer"), False) if cell.is_tuning else {}),
+        **(dict.fromkeys(hparams.keys_of_concern("aer"), False) if cell.is_tuning else {}),
     }
 
 

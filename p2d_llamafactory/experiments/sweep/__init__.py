@@ -30,13 +30,12 @@ and ``tuning`` write the report (``stats`` holds their shared pieces), ``cli`` i
 :mod:`p2d_llamafactory.report.aer`.
 """
 
+from ...files import EVAL_FILE, PREDICTIONS_FILE
 from .cli import DEFAULT_REPORT_DIR, main
 from .figure import plot_aer_vs_perf
 from .runner import CLI_ENV, EVAL_ENV, SweepOutcome, preflight, run_sweep
 from .runs import (
-    EVAL_FILE,
     MIN_VAL_ROWS,
-    PREDICTIONS_FILE,
     TUNING_PREFIX,
     Run,
     SweepError,

@@ -13,8 +13,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...files import PREDICTIONS_FILE, read_record
 from ...report.aer import training_seconds
-from .runs import PREDICTIONS_FILE, Run, is_finished, is_trained, missing_outputs, read_record
+from .runs import Run, is_finished, is_trained, missing_outputs
 
 
 CLI_ENV = "P2D_SWEEP_LLAMAFACTORY_CLI"

@@ -22,11 +22,10 @@ from typing import Any
 import yaml
 
 from ... import hparams, methods
-from ...report.aer import AER_FILE, read_aer, training_seconds
+from ...files import AER_FILE, EVAL_FILE, PREDICTIONS_FILE, read_record
+from ...report.aer import read_aer, training_seconds
 
 
-EVAL_FILE = "p2d_eval.json"
-PREDICTIONS_FILE = "generated_predictions.jsonl"
 HEADS_FILE_KEYS = ("ratio", "method")
 TUNING_PREFIX = "tune__"  # p2d-grid's tuning cells: tune__<adaptation>__lr<rate>
 VAL_SUFFIX = "_val"
@@ -40,16 +39,6 @@ class SweepError(ValueError):
 
 def percent(value: float) -> str:
     return f"{value * 100:g}%"
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable or not an object."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 @dataclass
@@ -224,19 +213,21 @@ def classify(yaml_path: Path, config: dict[str, Any]) -> Run:
     finetuning_type = config.get("finetuning_type", "lora")  # LLaMA-Factory's default
     heads_file = config.get("p2d_heads_file")
     heads = _heads_file_record(heads_file) if heads_file and finetuning_type == "p2d_heads" else {}
-    head_selection = heads.get("method", config.get("p2d_head_selection", "w1"))
+    head_selection = heads.get("method", config.get("p2d_head_selection", hparams.default_of("p2d_head_selection")))
     _check_names(yaml_path, selection, finetuning_type, head_selection)
     adaptation = methods.adaptation_of(finetuning_type, head_selection).name
     lora_rank = None
     if finetuning_type == "p2d_heads":
-        rho_p: float | None = float(heads.get("ratio", config.get("p2d_head_ratio", 0.1)))
+        rho_p: float | None = float(
+            heads.get("ratio", config.get("p2d_head_ratio", hparams.default_of("p2d_head_ratio")))
+        )
     elif finetuning_type == "lora":
         rho_p, lora_rank = None, int(config.get("lora_rank", 8))
     elif finetuning_type == "lofit":  # LoFiT's head budget
-        rho_p = float(config.get("p2d_head_ratio", 0.1))
+        rho_p = float(config.get("p2d_head_ratio", hparams.default_of("p2d_head_ratio")))
     else:
         rho_p = 1.0
-    rho_d = 1.0 if selection == "none" else float(config.get("p2d_data_ratio", 0.1))
+    rho_d = 1.0 if selection == "none" else float(config.get("p2d_data_ratio", hparams.default_of("p2d_data_ratio")))
 
     parts = Path(str(config["output_dir"])).parts
     model = parts[-3] if len(parts) >= 3 else Path(str(config["model_name_or_path"])).name

@@ -10,12 +10,9 @@ import itertools
 from pathlib import Path
 
 from ... import methods
-from .runs import Run, is_finished, percent, read_record
+from ...files import HEADS_FILE, SCORES_FILE, read_record
+from .runs import Run, is_finished, percent
 from .stats import DASH, fmt, md_table
-
-
-HEADS_FILE = "p2d_heads.json"  # p2d_llamafactory.heads.headset names it too; importing that module pulls torch
-DATA_SCORES_FILE = "p2d_data_scores.json"  # p2d_llamafactory.data.cache, likewise
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:
@@ -45,7 +42,7 @@ def selected_heads(run: Run) -> frozenset | None:
 
 def selected_examples(run: Run) -> frozenset | None:
     """The run's selected training examples (indices of p2d_data_scores.json); None without that file."""
-    record = read_record(run.out / DATA_SCORES_FILE)
+    record = read_record(run.out / SCORES_FILE)
     if record is None or not isinstance(record.get("selected"), list):
         return None
     try:
@@ -108,7 +105,7 @@ def stability_section(runs: list[Run], level: str = "#") -> str:
         "",
         "Mean pairwise Jaccard index, over a cell's finished seeds, of the selected heads (`selected` of "
         f"`{HEADS_FILE}`, the run's own or its `p2d_heads_file`) and of the selected training examples "
-        f"(`selected` of `{DATA_SCORES_FILE}`); 1 = the same set on every seed. {DASH} : fewer than two seeds "
+        f"(`selected` of `{SCORES_FILE}`); 1 = the same set on every seed. {DASH} : fewer than two seeds "
         "record one (full / LoRA training without a heads file selects no heads, the full data no examples).",
         "",
     ]

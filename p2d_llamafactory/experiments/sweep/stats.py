@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ... import methods
-from .runs import EVAL_FILE, Run, is_finished, missing_outputs, read_record
+from ...files import EVAL_FILE, read_record
+from .runs import Run, is_finished, missing_outputs
 
 
 DASH = "–"
