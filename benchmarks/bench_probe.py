@@ -41,7 +41,7 @@ from bench_common import DATA_DIR, load_model, load_tokenizer, model_folder
 from scipy.stats import spearmanr
 
 from p2d_llamafactory.data.metrics import score_answers
-from p2d_llamafactory.data.probe import Prober, ProbeSettings, PromptResult, final_scores, left_pad, plan_prompts
+from p2d_llamafactory.data.probe import Prober, ProbeSettings, PromptResult, final_scores, plan_prompts
 from p2d_llamafactory.data.prompts import ChatFrame, Example, ProbePrompt, TaskStyle, build_prompt, task_style
 from p2d_llamafactory.data.select import top_examples
 from p2d_llamafactory.heads.headset import HeadSet
@@ -49,6 +49,7 @@ from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.scoring import random_scores, select_top
 from p2d_llamafactory.hparams import count_for_ratio
 from p2d_llamafactory.integration.template import chat_frame
+from p2d_llamafactory.tokens import pad_batch
 
 
 DATASETS = {
@@ -178,7 +179,7 @@ class Reference:
             build_prompt(self.tokenizer, self.frame, self.style, [examples[i] for i in d], [examples[i] for i in q])
             for _, d, q in plans
         ]
-        ids, mask, offsets = left_pad(prompts, pad_id)
+        ids, mask, offsets = pad_batch([p.input_ids for p in prompts], pad_id, left=True)
         config = self.model.config
         previous = config._attn_implementation
         config._attn_implementation = "eager"

@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "p2d_llamafactory"
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = (
-    ("io", "files", "methods", "hparams", "distributed"),
+    ("io", "files", "methods", "hparams", "distributed", "tokens"),
     ("heads",),
     ("data",),
     ("adapter",),

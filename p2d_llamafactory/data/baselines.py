@@ -10,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import map_sharded
+from ..tokens import IGNORE_INDEX, label_token_counts, pad_batch, pad_id
 from .prompts import ChatFrame, Example
 
 
@@ -42,25 +43,21 @@ def response_losses(
     desc: str = "P2D response loss",
 ) -> list[float]:
     """Mean token NLL of each example's response, given its prompt (``conditional``) or alone."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     losses = []
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, disable=not progress):
         seqs = [_sequences(tokenizer, frame, ex, conditional) for ex in examples[start : start + batch_size]]
-        width = max(len(ids) for ids, _ in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        labels = torch.full_like(ids, -100)
-        for b, (seq, answer_start) in enumerate(seqs):  # right padding: positions need no shifting
-            ids[b, : len(seq)] = torch.tensor(seq)
-            mask[b, : len(seq)] = 1
+        ids, mask, _ = pad_batch([seq for seq, _ in seqs], pad)  # right padding: positions need no shifting
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for b, (seq, answer_start) in enumerate(seqs):
             labels[b, answer_start : len(seq)] = ids[b, answer_start : len(seq)]
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), labels[:, 1:].to(device), ignore_index=-100, reduction="none"
+            logits[:, :-1].transpose(1, 2), labels[:, 1:].to(device), ignore_index=IGNORE_INDEX, reduction="none"
         )
-        counts = (labels[:, 1:] != -100).sum(dim=1).clamp_min(1).to(device)
+        counts = label_token_counts(labels).clamp_min(1).to(device)
         losses.extend((nll.sum(dim=1) / counts).tolist())
     return losses
 

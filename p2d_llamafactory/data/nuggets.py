@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import gather, map_sharded, shard
 from ..hparams import default_of
+from ..tokens import pad_batch
 from .prompts import ChatFrame, Example
 
 
@@ -59,16 +60,6 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _padded(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row)
-        mask[b, : len(row)] = 1
-    return ids, mask
-
-
 def _answer_logprobs(logits: torch.Tensor, ids: torch.Tensor, spans: Sequence[tuple[int, int]]) -> list[float]:
     """Sum of log p(ids[t] | ids[<t]) over t in each row's [start, end) span; ``logits[:, t]`` predicts t + 1."""
     sums = []
@@ -85,7 +76,7 @@ def zero_shot(model: nn.Module, anchors: Sequence[Turn], pad: int, batch_size: i
     out: list[float] = []
     for start in range(0, len(anchors), batch_size):
         batch = anchors[start : start + batch_size]
-        ids, mask = _padded([turn.ids for turn in batch], pad)
+        ids, mask, _ = pad_batch([turn.ids for turn in batch], pad)
         logits = model(input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model))).logits
         out += _answer_logprobs(logits, ids, [(len(t.context), len(t.ids)) for t in batch])
     return out
@@ -105,11 +96,11 @@ def one_shot(
     for start in range(0, len(anchors), batch_size):
         batch = anchors[start : start + batch_size]
         if prefix_cache is None:
-            ids, mask = _padded([demo + turn.ids for turn in batch], pad)
+            ids, mask, _ = pad_batch([demo + turn.ids for turn in batch], pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             spans = [(len(demo) + len(t.context), len(demo) + len(t.ids)) for t in batch]
         else:
-            ids, mask = _padded([turn.ids for turn in batch], pad)
+            ids, mask, _ = pad_batch([turn.ids for turn in batch], pad)
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch))
             full_mask = torch.cat([torch.ones(len(batch), len(demo), dtype=mask.dtype), mask], dim=1)
@@ -127,7 +118,7 @@ def embeddings(model: nn.Module, turns: Sequence[Turn], pad: int, batch_size: in
 
     @torch.no_grad()
     def batch_means(batch: Sequence[Turn]) -> np.ndarray:
-        ids, mask = _padded([t.ids for t in batch], pad)
+        ids, mask, _ = pad_batch([t.ids for t in batch], pad)
         hidden = model(
             input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model)), output_hidden_states=True
         ).hidden_states[-1]

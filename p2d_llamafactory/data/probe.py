@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import gather, shard
 from ..hparams import default_of
+from ..tokens import pad_batch, pad_id
 from .attention import AttentionProbe, probing
 from .prompts import ChatFrame, Example, ProbePrompt, TaskStyle, build_prompt
 
@@ -64,19 +65,6 @@ def plan_prompts(candidates: Sequence[int], settings: ProbeSettings) -> list[tup
     return plans
 
 
-def left_pad(prompts: Sequence[ProbePrompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    width = max(len(p.input_ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    offsets = []
-    for b, prompt in enumerate(prompts):
-        offset = width - len(prompt.input_ids)
-        ids[b, offset:] = torch.tensor(prompt.input_ids)
-        mask[b, offset:] = 1
-        offsets.append(offset)
-    return ids, mask, offsets
-
-
 def _shift(spans: Iterable[tuple[int, int]], offset: int) -> list[tuple[int, int]]:
     return [(start + offset, end + offset) for start, end in spans]
 
@@ -124,7 +112,7 @@ class Prober:
     ) -> None:
         self.model, self.tokenizer, self.frame, self.style = model, tokenizer, frame, style
         self.heads_by_layer, self.settings, self.score_answers = heads_by_layer, settings, score_answers
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
 
     def run_batch(self, plans: Sequence[tuple[int, list[int], list[int]]], examples: Mapping[int, Example]):
         """Probe a batch of (plan index, demo ids, query ids); returns one PromptResult per plan."""
@@ -140,7 +128,7 @@ class Prober:
             )
             for _, d, q in plans
         ]
-        ids, mask, offsets = left_pad(prompts, self.pad_id)
+        ids, mask, offsets = pad_batch([p.input_ids for p in prompts], self.pad_id, left=True)
         device = next(self.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         probe = AttentionProbe(self.heads_by_layer)

@@ -18,6 +18,7 @@ from ..heads.layout import AttentionLayout
 from ..hparams import count_for_ratio, identity, with_later_keys
 from ..io import atomic_write_json, read_json
 from ..methods import PROBING_SELECTIONS
+from ..tokens import pad_id
 from .baselines import ifd_scores, random_scores
 from .cache import ProbeCheckpoint, finished_scores, progress_files, same_selection
 from .metrics import resolve_metric, score_answers
@@ -132,7 +133,7 @@ def _nuggets(
         args.p2d_nuggets_anchors, args.p2d_nuggets_anchor_sampling, args.p2d_nuggets_batch_size, args.p2d_seed
     )
     tokenizer = inputs.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     turns = {i: frame_turn(tokenizer, inputs.frame, inputs.examples[i]) for i in candidates}
     anchors = from_rank0(choose_anchors(model, turns, nuggets, pad))
     checkpoint = None

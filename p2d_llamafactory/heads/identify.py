@@ -22,10 +22,11 @@ from ..distributed import from_rank0, rank, shard, sum_over_ranks, world_size
 from ..files import HEADS_FILE, HEATMAP_FILE
 from ..hparams import P2DArguments, count_for_ratio, identity
 from ..methods import DATA_SCORERS, PROXY_SCORERS
+from ..tokens import count_label_tokens
 from .headset import HeadSet, reusable_head_set
 from .heatmap import plot_head_heatmap
 from .layout import AttentionLayout, find_attention_layout
-from .proxy import count_label_tokens, make_batches, micro_batch_tokens, sample_indices, train_proxy
+from .proxy import make_batches, micro_batch_tokens, sample_indices, train_proxy
 from .proxy_memory import check_proxy_fits
 from .scoring import gradient_scores, random_scores, select_top, weight_scores
 

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import all_reduce_sum_, is_distributed, sum_over_ranks
+from ..tokens import count_label_tokens
 from .layout import AttentionLayout, find_attention_layout
 
 
@@ -59,11 +60,6 @@ def micro_batch_tokens(examples: Sequence[Mapping[str, Any]], micro_batch_size: 
     """Tokens of one micro-batch of :func:`make_batches` (every micro-batch is padded to the longest example)."""
     width = max((len(ex["input_ids"]) for ex in examples), default=0)
     return min(micro_batch_size, len(examples)) * width
-
-
-def count_label_tokens(batches: Sequence[Batch]) -> int:
-    """Tokens that contribute to the causal-LM loss (labels shifted by one, -100 ignored)."""
-    return int(sum((b["labels"][..., 1:] != -100).sum() for b in batches))
 
 
 # --- the attention-only proxy ---------------------------------------------------------------------------------------
@@ -186,7 +182,7 @@ def _fit(
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for batch in batches:
-            n = int((batch["labels"][..., 1:] != -100).sum())
+            n = count_label_tokens([batch])
             loss = model(**batch).loss * (n / num_tokens)
             loss.backward()
             total += float(loss.detach())

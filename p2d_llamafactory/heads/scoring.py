@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import all_reduce_sum_
+from ..tokens import count_label_tokens
 from .layout import AttentionLayout, layer_parameters, projection_weights, split_projections
 
 
@@ -113,7 +114,7 @@ def gradient_scores(
         for p in params:
             p.requires_grad_(True)
         for batch in tqdm(list(batches), desc="P2D head scoring (gradient)", disable=not progress):
-            loss = model(**batch).loss * _label_tokens(batch) / num_label_tokens
+            loss = model(**batch).loss * count_label_tokens([batch]) / num_label_tokens
             for acc, g in zip(grads, torch.autograd.grad(loss, params)):
                 acc += g.float()
     finally:
@@ -127,10 +128,6 @@ def gradient_scores(
         snip = {name: (w.detach().float() * next(grads_iter)).abs() for name, w in weights.items()}
         scores[layer] = slice_magnitudes(split_projections(snip, layout), layout).double().cpu()
     return scores
-
-
-def _label_tokens(batch: Mapping[str, torch.Tensor]) -> int:
-    return int((batch["labels"][..., 1:] != -100).sum())
 
 
 def random_scores(layout: AttentionLayout, seed: int) -> torch.Tensor:
