@@ -34,26 +34,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .adapter import apply_head_slices, count_slice_params
-from .checks import check_aer, check_head_ratio, check_head_sources, check_output_dir, scale_head_learning_rate
+from . import pipeline
+from .checks import check_aer_reference, check_head_ratio, check_head_sources, check_output_dir
+from .checks import head_learning_rate as _head_learning_rate
 from .data.prompts import ChatFrame, Example, examples_fingerprint
-from .data.report import write_selection_report
-from .data.select import Selection, SelectionInputs, check_selection, select_examples
+from .data.select import Selection, SelectionInputs, check_selection
 from .distributed import rank
 from .files import AER_FILE, HEADS_FILE
 from .heads.headset import HeadSet
-from .heads.identify import FHIInputs
-from .heads.identify import identify_heads as _identify_heads
 from .heads.layout import AttentionLayout, find_attention_layout
 from .hparams import HEAD_LR_SCALE, P2DArguments, identity_keys, keys_of_concern, p2d_keys
 from .io import OutputDirLock, atomic_write_json
-from .report.aer import aer_record, read_timings, record_timings, write_run_record
+from .report.aer import aer_record, read_timings, record_timings
 from .report.aer import reference_training_seconds as _reference_training_seconds
 
 
@@ -244,25 +241,13 @@ def identify_heads(
     _warn_ineffective(args, settings, "p2d_heads")
     layout = find_attention_layout(model)
     check_head_ratio(args.p2d_head_ratio, layout)
-    check_head_sources(None, args, model.config, layout)
+    check_head_sources(args, model.config, layout)
     out = _output_dir(output_dir)
-    from transformers import DataCollatorForSeq2Seq
-
-    inputs = FHIInputs(
-        model=model,
-        model_name=_model_name(model, model_name),
-        examples=tokenize_examples(tokenizer, examples, max_length, system),
-        collate=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt"),
-        micro_batch_size=micro_batch_size,
-        output_dir=str(out) if out else None,
-        progress=progress,
-    )
+    rows = tokenize_examples(tokenizer, examples, max_length, system)
+    name = _model_name(model, model_name)
+    place = pipeline.Output(out, rank() == 0, progress)
     with _lock(out, "identify_heads"), _eval_mode(model):
-        head_set = _identify_heads(inputs, args, layout)
-        if out is not None and rank() == 0 and head_set.timings:  # a heads file's time: paid by the run that made it
-            seconds = {"head_identification_seconds": head_set.timings["total_seconds"]}
-            record_timings(out, seconds, inherited=bool(args.p2d_heads_file))
-    return head_set
+        return pipeline.find_heads(model, rows, layout, args, tokenizer, name, micro_batch_size, place)
 
 
 def _as_head_set(heads: Any, layout: AttentionLayout, model_name: str, source: str) -> HeadSet:
@@ -358,18 +343,9 @@ def select_data(
         data_fingerprint=examples_fingerprint(texts),
         progress=progress,
     )
+    records = lambda selected: [_sharegpt(texts[i], system) for i in selected]
     with _lock(out, "select_data"), _eval_mode(model):
-        selection = select_examples(inputs, args)
-        if out is not None and rank() == 0:
-            subset = [_sharegpt(texts[i], system) for i in selection.selected]
-            write_selection_report(
-                inputs, selection, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed
-            )
-            record_timings(out, selection.timings, inherited=selection.inherited_from is not None)
-    logger.info(
-        "P2D: data selection (%s) keeps %d of %d examples", selection.method, len(selection.selected), len(texts)
-    )
-    return selection
+        return pipeline.select_data(inputs, args, rank() == 0, records)
 
 
 # --- stage III ------------------------------------------------------------------------------------------------------
@@ -379,24 +355,7 @@ def head_learning_rate(learning_rate: float, p2d_head_lr_scale: float = HEAD_LR_
     """The rate the head slices train at: ``learning_rate x p2d_head_lr_scale`` (default 10, so LoRA's usual 1e-4
     becomes 1e-3), with the CLI's warning where it is too low to move them."""
     args = _settings("head_learning_rate", {"p2d_head_lr_scale": p2d_head_lr_scale}, ADAPTATION_KEYS)
-    training = SimpleNamespace(learning_rate=learning_rate)
-    scale_head_learning_rate(training, args)
-    return training.learning_rate
-
-
-def _save_with_heads(peft_model: Any):
-    """``save_pretrained`` that also writes the adapter's ``p2d_heads.json`` next to it, as every CLI checkpoint has.
-    It wraps the instance's own ``save_pretrained`` (set by :func:`apply_head_slices`), which completes a state dict
-    given only the trainable tensors (a Trainer's save under ZeRO-3) with the fixed one-hot factors."""
-    save_adapter = peft_model.save_pretrained
-
-    def save_pretrained(save_directory, *args, is_main_process: bool = True, **kwargs):
-        result = save_adapter(save_directory, *args, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            peft_model.p2d_heads.save(Path(save_directory) / HEADS_FILE)
-        return result
-
-    return save_pretrained
+    return _head_learning_rate(learning_rate, args.p2d_head_lr_scale)
 
 
 def apply_head_adapter(
@@ -425,22 +384,11 @@ def apply_head_adapter(
     head_set = _as_head_set(heads, layout, _model_name(model, model_name), "heads")
     out = _output_dir(output_dir)
     rate = head_learning_rate(learning_rate, args.p2d_head_lr_scale) if learning_rate is not None else None
-    total = sum(param.numel() for param in model.parameters())
-    peft_model = apply_head_slices(model, layout, head_set.selected, args.head_modules)
-    for param in peft_model.parameters():
-        if param.requires_grad:  # float32 slices, also on a half-precision model (the CLI's, without pure_bf16)
-            param.data = param.data.to(torch.float32)
-    peft_model.p2d_heads = head_set
+    place = pipeline.Output(out, rank() == 0)
+    if place.written_dir is not None:
+        head_set.save(place.written_dir / HEADS_FILE)
+    peft_model = pipeline.adapt_heads(model, layout, head_set, args, place, rate)  # float32 slices
     peft_model.p2d_learning_rate = rate
-    peft_model.save_pretrained = _save_with_heads(peft_model)
-    if out is not None:
-        head_set.save(out / HEADS_FILE)
-        if rate is not None:
-            trainable = count_slice_params(layout, head_set.selected, args.head_modules)
-            scale = args.p2d_head_lr_scale
-            write_run_record(
-                out, "p2d_heads", head_set, layout.total_heads, args.head_modules, trainable, total, rate, scale
-            )
     return peft_model
 
 
@@ -461,7 +409,7 @@ def timing_callback(p2d_aer_reference: str | None = None) -> Any:
     ``<output_dir>/p2d_timings.json`` and a P2D line in ``trainer_log.jsonl``; with ``p2d_aer_reference`` (the
     output dir of a full fine-tuning run) it also writes ``p2d_aer.json``."""
     args = _settings("timing_callback", {"p2d_aer_reference": p2d_aer_reference}, AER_KEYS)
-    check_aer(SimpleNamespace(quantization_bit=None), args)
+    check_aer_reference(args)
     from .report.timing import AERRequest, P2DTimingCallback
 
     return P2DTimingCallback(AERRequest(reference_dir=args.p2d_aer_reference))
@@ -508,7 +456,7 @@ def aer(
     args = _settings("aer", {"p2d_aer_reference": p2d_aer_reference}, AER_KEYS)
     if (t_fft is None) == (args.p2d_aer_reference is None):
         raise ValueError("aer() needs exactly one of `t_fft` and `p2d_aer_reference`.")
-    check_aer(SimpleNamespace(quantization_bit=None), args)
+    check_aer_reference(args)
     if t_fft is not None:
         t_fft = t_fft if isinstance(t_fft, TFFT) else TFFT(float(t_fft), "measured", {"reference": "given"})
     else:

@@ -160,3 +160,26 @@ def test_a_save_given_only_the_trainable_weights_keeps_the_fixed_factors(tiny_to
     assert rebuilt.keys() == complete.keys()
     for key in complete:
         assert torch.equal(rebuilt[key], complete[key]), key
+
+
+def test_every_save_carries_the_head_set_with_the_fixed_factors(tiny_tokenizer, tmp_path):
+    """The one save path: a checkpoint saved as the Trainer does under ZeRO-3 (trainable tensors only) holds both
+    factors and the head set; a process that is not the main one writes no head set."""
+    from safetensors.torch import load_file
+
+    from p2d_llamafactory.adapter import save_head_set_with_adapter
+    from p2d_llamafactory.files import HEADS_FILE
+    from p2d_llamafactory.heads.headset import HeadSet
+
+    base = build_model("llama", tiny_tokenizer)
+    layout = find_attention_layout(base)
+    model = apply_head_slices(base, layout, SELECTED, ("q", "o"))
+    head_set = HeadSet("tiny", layout.shape(), "given", 0, 0.5, [], SELECTED)
+    save_head_set_with_adapter(model, head_set, HEADS_FILE)
+    trainable = {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+    model.save_pretrained(tmp_path / "checkpoint-5", state_dict=trainable)
+    saved = load_file(tmp_path / "checkpoint-5" / "adapter_model.safetensors")
+    assert len(saved) == 2 * len(trainable)  # every trainable factor and its fixed partner
+    assert HeadSet.load(tmp_path / "checkpoint-5" / HEADS_FILE).selected == sorted(SELECTED)
+    model.save_pretrained(tmp_path / "rank1", is_main_process=False)
+    assert not (tmp_path / "rank1" / HEADS_FILE).exists()

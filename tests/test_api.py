@@ -79,7 +79,8 @@ def test_examples_are_tokenized_as_llamafactory_tokenizes_them(tiny_tokenizer, c
 def test_identify_heads_writes_what_the_cli_stage_one_writes(tiny_tokenizer, chatml, tmp_path):
     """Same examples and seed: the API's files equal those of the entry point ``llamafactory-cli train`` calls, fed
     with LLaMA-Factory's own tokenization of the examples."""
-    from p2d_llamafactory.integration.heads import run_head_identification
+    from p2d_llamafactory.integration.heads import find_run_heads
+    from p2d_llamafactory.integration.run import P2DRun
 
     template, lf_tokenizer = chatml
     model = build_model("llama", tiny_tokenizer).train()
@@ -110,9 +111,9 @@ def test_identify_heads_writes_what_the_cli_stage_one_writes(tiny_tokenizer, cha
         should_save=True,
         main_process_first=lambda **kwargs: nullcontext(),
     )
-    cli = run_head_identification(
-        model, tokenized, find_attention_layout(model), P2DArguments(**STAGE1), training_args, lf_tokenizer, "tiny"
-    )
+    model_args = SimpleNamespace(model_name_or_path="tiny")
+    run = P2DRun(model_args, None, training_args, P2DArguments(**STAGE1), tokenizer=lf_tokenizer)
+    cli = find_run_heads(run, model, tokenized, find_attention_layout(model))
 
     ours, theirs = (json.loads((tmp_path / d / HEADS_FILE).read_text()) for d in ("api", "cli"))
     assert (

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from p2d_llamafactory.adapter.artifact import HeadsFileCallback
 from p2d_llamafactory.data.cache import ProbeCheckpoint
 from p2d_llamafactory.data.probe import PromptResult
 from p2d_llamafactory.data.select import check_selection
@@ -90,14 +89,6 @@ def test_a_p2d_adapter_on_a_base_of_another_shape_is_refused(tiny_models, tmp_pa
         with pytest.raises(ValueError, match=r"is a P2D adapter of a model shaped .*'num_layers': 3.*'num_layers': 4"):
             get_infer_args({**args, "finetuning_type": finetuning_type})
     get_infer_args({**args, "model_name_or_path": str(tiny_models["llama"]), "finetuning_type": "lora"})  # its base
-
-
-def test_every_checkpoint_carries_the_head_set(tmp_path):
-    _heads_file(tmp_path / HEADS_FILE, TINY_SHAPE, [[0, 1]])
-    (tmp_path / "checkpoint-5").mkdir()
-    state = SimpleNamespace(global_step=5, is_world_process_zero=True)
-    HeadsFileCallback().on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
-    assert HeadSet.load(tmp_path / "checkpoint-5" / HEADS_FILE).selected == [(0, 1)]
 
 
 # ---------------------------------------------------------------- 3. types
@@ -297,7 +288,7 @@ def test_fsdp_training_of_head_slices_is_refused_before_anything_loads(make_args
 def test_zero3_refuses_lofit_and_the_timed_aer_estimate_and_takes_the_rest():
     from types import SimpleNamespace
 
-    from p2d_llamafactory.checks import check_zero3
+    from p2d_llamafactory.integration.checks import check_zero3
 
     run = lambda **kw: SimpleNamespace(**{"finetuning_type": "p2d_heads", "p2d_aer_estimate_steps": None, **kw})
     with pytest.raises(ValueError, match=r"`finetuning_type: lofit` supports DeepSpeed ZeRO stages 0-2, not ZeRO-3"):

@@ -9,7 +9,7 @@ from llamafactory.hparams import parser
 from llamafactory.hparams.data_args import DataArguments
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
-from p2d_llamafactory.integration.context import CURRENT
+from p2d_llamafactory.integration.run import open_run
 from tests.helpers.cli import parse_train_args
 
 
@@ -51,7 +51,7 @@ def test_an_extension_subclass_gets_the_p2d_keys_and_keeps_its_own(extension, ma
     assert isinstance(finetuning_args, ExtensionFinetuningArguments) and finetuning_args.extension_mode == "on"
     assert finetuning_args.finetuning_type == "p2d_heads" and finetuning_args.p2d_head_ratio == 0.5
     assert isinstance(data_args, ExtensionDataArguments) and data_args.extension_mix == 0.25
-    assert CURRENT.finetuning_args is finetuning_args
+    assert finetuning_args.uses_p2d and open_run() is None  # a run opens in run_sft, not at parse time
 
 
 def test_the_extension_own_checks_still_run(extension, make_args):
@@ -63,7 +63,7 @@ def test_a_run_of_the_extension_without_p2d_is_left_alone(extension, make_args):
     args = make_args(finetuning_type="lora", extension_mode="on")
     _, _, _, finetuning_args, _ = parse_train_args(args)
     assert finetuning_args.finetuning_type == "lora" and not finetuning_args.uses_p2d
-    assert CURRENT.finetuning_args is None and CURRENT.tokenizer is None  # the plugin keeps nothing of the run
+    assert open_run() is None  # the plugin keeps nothing of the run
 
 
 def test_the_wrappers_pass_through_arguments_without_the_p2d_keys(monkeypatch):
@@ -73,7 +73,7 @@ def test_the_wrappers_pass_through_arguments_without_the_p2d_keys(monkeypatch):
     plain = ExtensionFinetuningArguments(finetuning_type="lora")
     seen = []
     original = lambda *args, **kwargs: seen.append(args) or "stock"
-    CURRENT.clear()
+    assert open_run() is None
     assert hparams.p2d_args(plain) is None
     assert model.init_adapter(original, None, "model", None, plain, True) == "stock"
     assert train.run_sft(original, None, None, None, plain, None, None) == "stock"

@@ -7,12 +7,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "p2d_llamafactory"
 # lowest first; a module may import its own layer and the layers below it
 LAYERS = (
-    ("io", "files", "methods", "hparams", "distributed", "tokens"),
+    ("io", "files", "methods", "hparams", "distributed", "tokens", "models"),
     ("heads",),
     ("data",),
     ("adapter",),
     ("report",),
     ("checks",),
+    ("pipeline",),  # the stages written once; api and integration adapt it
     ("api",),  # the Python API: stages I-III and the AER, outside the CLI
     ("assets",),
     ("board",),

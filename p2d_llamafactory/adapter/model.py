@@ -1,9 +1,13 @@
-"""Turn a model into a PeftModel whose only trainable parameters are the selected heads' slices."""
+"""Turn a model into a PeftModel whose only trainable parameters are the selected heads' slices, and the one save
+path of P2D adapters."""
+
+from pathlib import Path
 
 import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
 
+from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
 from .config import SliceTarget, lora_config, slice_targets
 from .layer import fixed_factor, init_head_slice
@@ -46,6 +50,23 @@ def _complete_saved_state_dicts(peft_model: PeftModel, targets: list[SliceTarget
         return save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
     peft_model.save_pretrained = save_complete
+
+
+def save_head_set_with_adapter(peft_model: PeftModel, head_set: HeadSet, file_name: str) -> None:
+    """Every save of ``peft_model`` (a Trainer's checkpoints and final save, also under ZeRO-3 with only the trainable
+    tensors; the API's ``save_pretrained``) writes ``head_set`` as ``file_name`` next to the adapter weights, so a
+    saved adapter can be checked against the base model it is loaded onto. Wraps the instance's own
+    ``save_pretrained`` (for head slices, the one that completes the fixed one-hot factors)."""
+    save_adapter = peft_model.save_pretrained
+
+    def save_pretrained(save_directory, *args, is_main_process: bool = True, **kwargs):
+        result = save_adapter(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            head_set.save(Path(save_directory) / file_name)
+        return result
+
+    peft_model.save_pretrained = save_pretrained
+    peft_model.p2d_heads = head_set
 
 
 def count_slice_params(layout: AttentionLayout, selected: list[tuple[int, int]], modules: tuple[str, ...]) -> int:

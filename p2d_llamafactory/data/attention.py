@@ -12,6 +12,8 @@ nothing extra.
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -76,15 +78,24 @@ def _keep_mask(mask: torch.Tensor | None, b: int, rows: torch.Tensor, length: in
     return rows_mask if rows_mask.dtype == torch.bool else rows_mask == 0
 
 
-_ACTIVE: AttentionProbe | None = None
-_EAGER = False  # while probing: run the attention module's own eager function (else SDPA)
+@dataclass(frozen=True)
+class ActiveProbe:
+    """The probe of the forward pass in progress, and how the attention runs meanwhile."""
+
+    probe: AttentionProbe
+    eager: bool  # the attention module's own eager function (else SDPA)
+
+
+# set by ``probing`` for the forward passes it wraps, per thread and task (a ContextVar, not a module global)
+_ACTIVE: ContextVar[ActiveProbe | None] = ContextVar("p2d_active_probe", default=None)
 
 
 def probe_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """The model's attention that also feeds the active probe during prefill (more than one query position)."""
-    if _ACTIVE is not None and query.shape[2] > 1:
-        _ACTIVE.observe(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
-    if _EAGER:
+    active = _ACTIVE.get()
+    if active is not None and query.shape[2] > 1:
+        active.probe.observe(module, query, key, attention_mask, scaling, kwargs.get("softcap"))
+    if active is not None and active.eager:
         forward = _eager_forward(module)
         return forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     return sdpa_attention_forward(
@@ -112,16 +123,15 @@ def probing(model: nn.Module, probe: AttentionProbe) -> Iterator[AttentionProbe]
     logit soft-capping (Gemma 2), which SDPA cannot compute; any other implementation (SDPA, flash, flex) runs as
     SDPA while probing, the same math.
     """
-    global _ACTIVE, _EAGER
     config = model.config
     previous = config._attn_implementation
     text_config = getattr(config, "text_config", None) or config
     eager = previous == "eager" or getattr(text_config, "attn_logit_softcapping", None) is not None
     AttentionMaskInterface.register(ATTENTION_NAME, eager_mask if eager else sdpa_mask)
     config._attn_implementation = ATTENTION_NAME
-    _ACTIVE, _EAGER = probe, eager
+    token = _ACTIVE.set(ActiveProbe(probe, eager))
     try:
         yield probe
     finally:
-        _ACTIVE, _EAGER = None, False
+        _ACTIVE.reset(token)
         config._attn_implementation = previous

@@ -22,6 +22,7 @@ from ..distributed import from_rank0, rank, shard, sum_over_ranks, world_size
 from ..files import HEADS_FILE, HEATMAP_FILE
 from ..hparams import P2DArguments, count_for_ratio, identity
 from ..methods import DATA_SCORERS, PROXY_SCORERS
+from ..models import load_causal_lm
 from ..tokens import count_label_tokens
 from .headset import HeadSet, reusable_head_set
 from .heatmap import plot_head_heatmap
@@ -69,12 +70,6 @@ def _needs_data(args: P2DArguments) -> bool:
 def head_identity(args: P2DArguments, model_name: str, fingerprint: str | None) -> dict[str, Any]:
     """What identifies a stage I result: every ``heads`` identity field, the model and the FHI data."""
     return {**identity(args, "heads"), "model": model_name, "fhi_data": fingerprint}
-
-
-def _load_task_model(path: str, device: torch.device) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
 
 
 def plan_identification(
@@ -171,7 +166,7 @@ def identify_heads(
         scores = gradient_scores(model, layout, batches, num_tokens, inputs.progress)
     else:
         if args.p2d_task_model is not None:
-            other = _load_task_model(args.p2d_task_model, device)
+            other = load_causal_lm(args.p2d_task_model, torch.float32, device)  # compared with float32 weights
         else:
             other, proxy_loss = _train_proxy(model, device, examples, inputs, args, layout)
         timings["proxy_seconds"] = time.perf_counter() - start

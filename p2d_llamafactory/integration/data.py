@@ -9,39 +9,39 @@ subset is tokenized (again rank 0 first, so the datasets cache is written once).
 from types import ModuleType
 
 from . import wrap
-from .context import CURRENT
+from .run import P2DRun, open_run
 
 
-def _selects_data() -> bool:
-    args = CURRENT.finetuning_args
-    return args is not None and args.p2d_data_selection != "none"
+def _selects_data(run: P2DRun | None) -> bool:
+    return run is not None and run.finetuning_args.p2d_data_selection != "none"
 
 
 def get_dataset(original, template, model_args, data_args, training_args, stage, tokenizer, processor=None):
     """Run P2D data selection on the aligned training split that LLaMA-Factory left untokenized, then tokenize the
-    selected subset (and save it to ``tokenized_path``, if given); remember the tokenizer and the training split,
-    for Fast Head Identification."""
-    if CURRENT.finetuning_args is None:  # not a P2D run: nothing to select, nothing to keep
+    selected subset (and save it to ``tokenized_path``, if given); record the tokenizer and the training split in
+    the run, for stage I and LoFiT."""
+    run = open_run()
+    if run is None:  # not a P2D run: nothing to select, nothing to keep
         return original(template, model_args, data_args, training_args, stage, tokenizer, processor)
-    CURRENT.pending_selection = None
+    run.enter("data")
     tokenized_path = data_args.tokenized_path
-    if _selects_data():
+    if _selects_data(run):
         data_args.tokenized_path = None  # LLaMA-Factory would save the split before selection: saved below instead
     try:
         dataset_module = original(template, model_args, data_args, training_args, stage, tokenizer, processor)
     finally:
         data_args.tokenized_path = tokenized_path
-    if CURRENT.pending_selection is not None:
+    if run.pending_selection is not None:
         from .selection import run_data_selection
 
-        dataset, tokenize = CURRENT.pending_selection
-        CURRENT.pending_selection = None
-        subset = run_data_selection(dataset, data_args, training_args, template, tokenizer, tokenize)
+        dataset, tokenize = run.pending_selection
+        run.pending_selection = None
+        subset = run_data_selection(run, dataset, template, tokenizer, tokenize)
         dataset_module["train_dataset"] = tokenize(subset)
         if tokenized_path is not None and training_args.should_save:
             _save_tokenized(dataset_module, tokenized_path)
-    CURRENT.tokenizer = tokenizer
-    CURRENT.train_dataset = dataset_module.get("train_dataset")
+    run.tokenizer = tokenizer
+    run.train_dataset = dataset_module.get("train_dataset")
     return dataset_module
 
 
@@ -49,7 +49,8 @@ def _get_preprocessed_dataset(
     original, dataset, data_args, training_args, stage, template, tokenizer, processor=None, is_eval=False
 ):
     """Leave the training split aligned but untokenized when P2D selects data: ``get_dataset`` selects from it."""
-    if is_eval or dataset is None or not _selects_data():
+    run = open_run()
+    if is_eval or dataset is None or not _selects_data(run):
         return original(dataset, data_args, training_args, stage, template, tokenizer, processor, is_eval)
 
     def tokenize(subset):
@@ -57,7 +58,7 @@ def _get_preprocessed_dataset(
         with training_args.main_process_first(desc="pre-process dataset", local=local):
             return original(subset, data_args, training_args, stage, template, tokenizer, processor, is_eval)
 
-    CURRENT.pending_selection = (dataset, tokenize)
+    run.pending_selection = (dataset, tokenize)
     return dataset
 
 

@@ -10,20 +10,18 @@ from typing import Any, Literal
 
 from llamafactory.hparams.finetuning_args import FinetuningArguments
 
-from ..checks import (
+from ..checks import check_output_dir, head_learning_rate
+from ..hparams import P2DArguments, default_of, p2d_keys
+from ..methods import HEAD_FINETUNING_TYPES
+from . import share_llamafactory_logging, wrap
+from .checks import (
     check_adapters,
     check_aer,
     check_data_selection,
     check_fsdp,
-    check_head_sources,
+    check_head_sources_of_run,
     check_model_for_p2d,
-    check_output_dir,
-    scale_head_learning_rate,
 )
-from ..hparams import P2DArguments, default_of, p2d_keys
-from ..methods import HEAD_FINETUNING_TYPES
-from . import share_llamafactory_logging, wrap
-from .context import CURRENT
 
 
 logger = logging.getLogger(__name__)
@@ -171,12 +169,11 @@ def get_train_args(original, args=None):
         sys.modules[PARSER]
     )  # another extension may have put its own class there after the plugin's patch
     model_args, data_args, training_args, finetuning_args, generating_args = original(args)
-    CURRENT.clear()
     check_adapters(model_args)
     p2d = p2d_args(finetuning_args)
     if p2d is None or not p2d.uses_p2d:
         if p2d is not None and training_args.do_train:
-            check_head_sources(model_args, p2d)
+            check_head_sources_of_run(model_args, p2d)
         if p2d is not None:
             _warn_ineffective(p2d)
         return model_args, data_args, training_args, finetuning_args, generating_args
@@ -187,14 +184,13 @@ def get_train_args(original, args=None):
         if training_args.do_train:
             check_fsdp(training_args, p2d.finetuning_type)
             if p2d.finetuning_type == "p2d_heads":
-                scale_head_learning_rate(training_args, p2d)
+                training_args.learning_rate = head_learning_rate(training_args.learning_rate, p2d.p2d_head_lr_scale)
             as_lora_for_training(training_args)
     elif training_args.do_train:
-        check_head_sources(model_args, p2d)
+        check_head_sources_of_run(model_args, p2d)
     check_data_selection(data_args, p2d)
     check_aer(model_args, p2d)
     _warn_ineffective(p2d)
-    CURRENT.model_args, CURRENT.finetuning_args, CURRENT.training_args = model_args, p2d, training_args
     return model_args, data_args, training_args, finetuning_args, generating_args
 
 

@@ -3,121 +3,62 @@
 import logging
 from types import ModuleType
 
-import torch
-
-from ..report.aer import record_timings, write_run_record
+from ..pipeline import adapt_heads, adapt_lofit
 from . import wrap
-from .context import CURRENT
+from .heads import find_run_heads, run_output, whole_model_loader
+from .run import P2DRun, open_run
 
 
 logger = logging.getLogger(__name__)
+
+
+def _open_run_for(finetuning_args) -> P2DRun:
+    run = open_run()
+    if run is None or run.finetuning_args is not finetuning_args:
+        raise RuntimeError(
+            f"P2D: `finetuning_type: {finetuning_args.finetuning_type}` trains inside LLaMA-Factory's SFT workflow; "
+            "launch it with `llamafactory-cli train` (init_adapter ran outside run_sft)."
+        )
+    run.enter("adapter")
+    return run
 
 
 def setup_p2d_heads(model, model_args, finetuning_args):
     """Stage I (or its result) then stage III set-up: returns a PeftModel training only the selected head slices."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    from ..adapter import apply_head_slices
     from ..heads.layout import find_attention_layout
-    from .heads import run_head_identification, whole_model_loader
 
-    training_args = CURRENT.training_args
-    if training_args is None:
-        raise RuntimeError("P2D: `init_adapter` ran before `get_train_args`; launch with `llamafactory-cli train`.")
+    run = _open_run_for(finetuning_args)
     layout = find_attention_layout(model)
-    dataset = CURRENT.train_dataset
     # under ZeRO-3 ``model``'s weights are partitioned over the ranks: stage I reads a whole copy
-    fhi_model = whole_model_loader(model_args, training_args.device) if is_deepspeed_zero3_enabled() else model
-    head_set = run_head_identification(
-        fhi_model,
-        dataset if dataset is not None else [],
-        layout,
-        finetuning_args,
-        training_args,
-        CURRENT.tokenizer,
-        model_args.model_name_or_path,
-        found_in_this_run=finetuning_args.p2d_data_selection == "p2d",  # selection identified them on all data
-    )
-    logger.info(
-        "P2D: training %d of %d heads (%s slices), selected by %s",
-        len(head_set.selected),
-        layout.total_heads,
-        ",".join(finetuning_args.head_modules),
-        head_set.method,
-    )
-    total = _total_params(model)
-    model = apply_head_slices(model, layout, head_set.selected, finetuning_args.head_modules)
-    if training_args.should_save:
-        record_p2d_heads_run(training_args, finetuning_args, layout, head_set, total)
-    if not finetuning_args.pure_bf16:
-        for param in model.parameters():
-            if param.requires_grad:
-                param.data = param.data.to(torch.float32)
-    return model
+    fhi_model = whole_model_loader(run) if is_deepspeed_zero3_enabled() else model
+    examples = run.train_dataset if run.train_dataset is not None else []
+    found = finetuning_args.p2d_data_selection == "p2d"  # data selection identified them on all data
+    head_set = find_run_heads(run, fhi_model, examples, layout, found_in_this_run=found)
+    rate = run.training_args.learning_rate  # the slices' rate (learning_rate x p2d_head_lr_scale, set at parse time)
+    return adapt_heads(model, layout, head_set, finetuning_args, run_output(run), rate, finetuning_args.pure_bf16)
 
 
 def setup_lofit(model, model_args, finetuning_args):
     """LoFiT: step 1 ranks the heads (or reuses an identical earlier step 1 of this run), step 2 returns a
     PeftModel training only the biases of the top ``p2d_head_ratio`` heads."""
-    from transformers import DataCollatorForSeq2Seq
-
-    from ..adapter.lofit import apply_lofit_biases, count_bias_params
-    from ..distributed import from_rank0, rank
     from ..heads.layout import find_attention_layout
-    from ..heads.lofit import select_lofit_heads
 
-    training_args, tokenizer = CURRENT.training_args, CURRENT.tokenizer
-    if training_args is None:
-        raise RuntimeError("P2D: `init_adapter` ran before `get_train_args`; launch with `llamafactory-cli train`.")
-    layout = find_attention_layout(model)
-    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt")
-    head_set = None
-    if rank() == 0:  # step 1 runs once; the other ranks wait for its heads instead of recomputing them
-        head_set = select_lofit_heads(
-            model,
-            CURRENT.train_dataset if CURRENT.train_dataset is not None else [],
-            collate,
-            layout,
-            finetuning_args,
-            training_args.per_device_train_batch_size,
-            model_args.model_name_or_path,
-            training_args.output_dir if training_args.should_save else None,
-            progress=not training_args.disable_tqdm,
-        )
-    head_set = from_rank0(head_set)
-    trainable = count_bias_params(layout, head_set.selected)
-    logger.info(
-        "LoFiT: training the biases v of %d of %d heads: %d weights (the trainable count that follows includes the "
-        "other heads' columns of each lora_A row, which get no gradient)",
-        len(head_set.selected),
-        layout.total_heads,
-        trainable,
+    run = _open_run_for(finetuning_args)
+    training_args = run.training_args
+    return adapt_lofit(
+        model,
+        run.train_dataset if run.train_dataset is not None else [],
+        find_attention_layout(model),
+        finetuning_args,
+        run.tokenizer,
+        model_args.model_name_or_path,
+        training_args.per_device_train_batch_size,
+        run_output(run),
+        training_args.learning_rate,
+        finetuning_args.pure_bf16,
     )
-    total = _total_params(model)
-    model = apply_lofit_biases(model, layout, head_set.selected, finetuning_args.p2d_seed)
-    if training_args.should_save:
-        record_timings(training_args.output_dir, {"head_identification_seconds": head_set.timings["total_seconds"]})
-        args = (trainable, total, training_args.learning_rate, 1.0)
-        write_run_record(training_args.output_dir, "lofit", head_set, layout.total_heads, (), *args)
-    for param in model.parameters():
-        if param.requires_grad:
-            param.data = param.data.to(torch.float32)
-    return model
-
-
-def _total_params(model) -> int:
-    """The model's parameter count; under ZeRO-3 a partitioned parameter counts its whole size (``ds_numel``)."""
-    return sum(getattr(param, "ds_numel", param.numel()) for param in model.parameters())
-
-
-def record_p2d_heads_run(training_args, finetuning_args, layout, head_set, total_params: int) -> None:
-    """``p2d_run.json`` of a p2d_heads run, in its output dir."""
-    from ..adapter import count_slice_params
-
-    modules = finetuning_args.head_modules
-    trainable = count_slice_params(layout, head_set.selected, modules)
-    args = (trainable, total_params, training_args.learning_rate, finetuning_args.p2d_head_lr_scale)
-    write_run_record(training_args.output_dir, "p2d_heads", head_set, layout.total_heads, modules, *args)
 
 
 def load_lofit(model, model_args):

@@ -1,23 +1,17 @@
 """Stage II inside LLaMA-Factory: from the aligned training split (after conversion and the eval split,
 before tokenization) to the selected subset, with stage I first when p2d selection needs the run's heads."""
 
-import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..data.prompts import Example, examples_fingerprint
-from ..data.report import write_selection_report
-from ..data.select import SelectionInputs, check_selection, select_examples
+from ..data.select import SelectionInputs, check_selection
 from ..heads.layout import layout_from_config
-from ..report.aer import record_timings
-from .context import CURRENT
-from .heads import run_head_identification, whole_model_loader
+from ..pipeline import select_data
+from .heads import find_run_heads, whole_model_loader
+from .run import P2DRun
 from .template import chat_frame
-
-
-logger = logging.getLogger(__name__)
 
 
 def aligned_examples(dataset) -> list[Example]:
@@ -35,28 +29,23 @@ def aligned_examples(dataset) -> list[Example]:
     return examples
 
 
-def _head_set(args, layout, tokenize_all: Callable[[], Any], load_model, training_args, tokenizer, model_name):
-    """The run's head set for data selection: a heads file, or stage I on the full data (p2d with p2d_heads)."""
-    if not args.p2d_heads_file and (args.p2d_data_selection != "p2d" or args.finetuning_type != "p2d_heads"):
-        return None
-    examples = tokenize_all() if not args.p2d_heads_file else []
-    return run_head_identification(load_model, examples, layout, args, training_args, tokenizer, model_name)
-
-
-def run_data_selection(dataset, data_args, training_args, template, tokenizer, tokenize: Callable[[Any], Any]):
+def run_data_selection(run: P2DRun, dataset, template, tokenizer, tokenize: Callable[[Any], Any]):
     """Select ``p2d_data_ratio`` of the aligned training split with ``p2d_data_selection``; returns the subset."""
     from transformers import AutoConfig
 
-    args, model_args = CURRENT.finetuning_args, CURRENT.model_args
+    args, model_args, data_args = run.finetuning_args, run.model_args, run.data_args
     examples = aligned_examples(dataset)
-    model_name = model_args.model_name_or_path
-    config = AutoConfig.from_pretrained(model_name, trust_remote_code=model_args.trust_remote_code)
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     layout = layout_from_config(config)
-    load_model = whole_model_loader(model_args, training_args.device)
+    load_model = whole_model_loader(run)
     encode = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
     token_lengths = [encode(ex.prompt) + encode(ex.response) for ex in examples]
     check_selection(args, token_lengths, data_args.cutoff_len)  # before stage I and any model load
-    head_set = _head_set(args, layout, lambda: tokenize(dataset), load_model, training_args, tokenizer, model_name)
+    head_set = None
+    if args.p2d_heads_file or (args.p2d_data_selection == "p2d" and args.finetuning_type == "p2d_heads"):
+        run.tokenizer = tokenizer  # stage I on the full training data, with the run's tokenizer
+        examples_for_fhi = tokenize(dataset) if not args.p2d_heads_file else []
+        head_set = find_run_heads(run, load_model, examples_for_fhi, layout)
     inputs = SelectionInputs(
         examples=examples,
         token_lengths=token_lengths,
@@ -66,35 +55,16 @@ def run_data_selection(dataset, data_args, training_args, template, tokenizer, t
         load_model=load_model,
         layout=layout,
         head_set=head_set,
-        output_dir=Path(training_args.output_dir),
-        model_name=model_name,
+        output_dir=Path(run.training_args.output_dir),
+        model_name=model_args.model_name_or_path,
         data_fingerprint=examples_fingerprint(examples),
-        progress=not training_args.disable_tqdm,
+        progress=not run.training_args.disable_tqdm,
     )
     frame = inputs.frame
     overhead = len(frame.prefix) + len(frame.suffix) + len(frame.answer_end)
-    CURRENT.full_data_tokens = sum(min(n + overhead, data_args.cutoff_len) for n in inputs.token_lengths)
-    logger.info(
-        "P2D: stage II, data selection (%s): scoring %d candidates, keeping %.0f%%",
-        args.p2d_data_selection,
-        len(examples),
-        100 * args.p2d_data_ratio,
-    )
-    start = time.perf_counter()
-    selection = select_examples(inputs, args)
-    if training_args.should_save:
-        subset = [_sharegpt(row) for row in dataset.select(selection.selected)]
-        write_selection_report(
-            inputs, selection, subset, args.p2d_data_ppl_samples, args.p2d_icl_batch_size, args.p2d_seed
-        )
-        record_timings(training_args.output_dir, selection.timings, inherited=selection.inherited_from is not None)
-    logger.info(
-        "P2D: stage II done in %.1f s: data selection (%s) keeps %d of %d training examples",
-        time.perf_counter() - start,
-        selection.method,
-        len(selection.selected),
-        len(examples),
-    )
+    run.full_data_tokens = sum(min(n + overhead, data_args.cutoff_len) for n in inputs.token_lengths)
+    records = lambda selected: [_sharegpt(row) for row in dataset.select(selected)]
+    selection = select_data(inputs, args, run.training_args.should_save, records)
     return dataset.select(selection.selected)
 
 
