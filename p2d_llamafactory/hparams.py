@@ -12,12 +12,14 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from .methods import (
     DATA_SCORERS,
     DATA_SELECTIONS,
+    HEAD_FINETUNING_TYPES,
     HEAD_SELECTIONS,
     ICL_SCORINGS,
     METRIC_CHOICES,
@@ -440,65 +442,13 @@ class P2DArguments(*_CONCERNS):
     @property
     def uses_p2d(self) -> bool:
         """Whether any P2D feature is on (then the timing callback joins the run)."""
-        return (
-            getattr(self, "finetuning_type", None) in ("p2d_heads", "lofit")
-            or self.p2d_data_selection != "none"
-            or self.p2d_aer_reference is not None
-            or self.p2d_aer_estimate_steps is not None
-        )
+        return uses_p2d(self.p2d_dict(), getattr(self, "finetuning_type", None))
 
     def ineffective_keys(self) -> dict[str, str]:
         """The ``p2d_*`` keys set away from their defaults that change nothing in this configuration, with why."""
+        reasons = applicable(self.p2d_dict(), getattr(self, "finetuning_type", None), type(self))
         changed = [key for key in p2d_keys(type(self)) if getattr(self, key) != default_of(key, type(self))]
-        return {key: why for key in changed if (why := self._why_ineffective(key))}
-
-    def _why_ineffective(self, key: str) -> str | None:
-        trains_heads = getattr(self, "finetuning_type", None) == "p2d_heads"
-        lofit = getattr(self, "finetuning_type", None) == "lofit"
-        selects = self.p2d_data_selection != "none"
-        needs_heads = trains_heads or self.p2d_data_selection == "p2d"
-        identifies = needs_heads and not self.p2d_heads_file
-        scorer = self.p2d_head_selection
-        proxy = identifies and scorer in PROXY_SCORERS and self.p2d_task_model is None
-        concern = next(f.metadata["concern"] for f in p2d_fields(type(self)) if f.name == key)
-        rules = {
-            "p2d_head_ratio": (
-                identifies or lofit,
-                "no heads are identified (no p2d_heads or lofit training or p2d selection, or a heads file gives "
-                "them)",
-            ),
-            "p2d_head_selection": (identifies, "no heads are identified"),
-            "p2d_heads_file": (needs_heads, "nothing uses a head set (no p2d_heads training or p2d selection)"),
-            "p2d_seed": (
-                identifies or selects or lofit,
-                "nothing is sampled (no stage I, no data selection, no LoFiT)",
-            ),
-            "p2d_fhi_samples": (
-                identifies and scorer in DATA_SCORERS and (scorer == "gradient" or proxy),
-                "no FHI examples are used",
-            ),
-            "p2d_task_model": (identifies and scorer in PROXY_SCORERS, "no w1/cosine heads are identified"),
-            **{
-                key: (lofit, "only `finetuning_type: lofit` uses it")
-                for key in keys_of_concern("adaptation")
-                if "lofit" in key
-            },
-            **{
-                key: (self.p2d_data_selection == "nuggets", "only `p2d_data_selection: nuggets` uses it")
-                for key in keys_of_concern("selection")
-                if "nuggets" in key
-            },
-        }
-        by_concern = {
-            "proxy": (proxy, "no proxy is trained"),
-            "adaptation": (trains_heads, "only `finetuning_type: p2d_heads` trains head slices"),
-            "selection": (selects, "`p2d_data_selection` is none"),
-            "probing": (self.p2d_data_selection in PROBING_SELECTIONS, "no probing selection (p2d, data_whisperer)"),
-        }
-        effective, why = rules.get(key) or by_concern.get(concern, (True, ""))
-        if key == "p2d_icl_max_new_tokens" and self.p2d_icl_scoring != "generate":
-            effective, why = False, "teacher-forced probing generates nothing"
-        return None if effective else why
+        return {key: reasons[key] for key in changed if reasons[key] is not None}
 
     def p2d_dict(self) -> dict[str, object]:
         """The P2D keys and values, for records such as p2d_heads.json."""
@@ -550,3 +500,71 @@ def default_of(key: str, cls: type | None = None) -> Any:
         if f.name == key:
             return f.default
     raise KeyError(key)
+
+
+def uses_p2d(values: Mapping[str, Any], finetuning_type: str | None) -> bool:
+    """Whether a run with these ``p2d_*`` values (missing keys: their defaults) uses any P2D feature."""
+    value = lambda key: values.get(key, default_of(key))
+    return (
+        finetuning_type in HEAD_FINETUNING_TYPES
+        or value("p2d_data_selection") != "none"
+        or value("p2d_aer_reference") is not None
+        or bool(value("p2d_aer_estimate_steps"))
+    )
+
+
+def applicable(
+    values: Mapping[str, Any], finetuning_type: str | None, cls: type | None = None
+) -> dict[str, str | None]:
+    """The one rule of which ``p2d_*`` key applies to which run: for every key, None where it takes effect with these
+    values (missing keys: their defaults) and ``finetuning_type``, else why it changes nothing. The parse-time
+    warnings, the Python API, LLaMA-Board and the grid all ask this."""
+    value = lambda key: values.get(key, default_of(key, cls))
+    trains_heads = finetuning_type == "p2d_heads"
+    lofit = finetuning_type == "lofit"
+    selection = value("p2d_data_selection")
+    selects = selection != "none"
+    needs_heads = trains_heads or selection == "p2d"
+    identifies = needs_heads and not value("p2d_heads_file")
+    scorer = value("p2d_head_selection")
+    proxy = identifies and scorer in PROXY_SCORERS and value("p2d_task_model") is None
+    rules = {
+        "p2d_head_ratio": (
+            identifies or lofit,
+            "no heads are identified (no p2d_heads or lofit training or p2d selection, or a heads file gives them)",
+        ),
+        "p2d_head_selection": (identifies, "no heads are identified"),
+        "p2d_heads_file": (needs_heads, "nothing uses a head set (no p2d_heads training or p2d selection)"),
+        "p2d_seed": (identifies or selects or lofit, "nothing is sampled (no stage I, no data selection, no LoFiT)"),
+        "p2d_fhi_samples": (
+            identifies and scorer in DATA_SCORERS and (scorer == "gradient" or proxy),
+            "no FHI examples are used",
+        ),
+        "p2d_task_model": (identifies and scorer in PROXY_SCORERS, "no w1/cosine heads are identified"),
+        "p2d_data_selection": (True, ""),  # the switch of stage II
+        "p2d_icl_max_new_tokens": (
+            selection in PROBING_SELECTIONS and value("p2d_icl_scoring") == "generate",
+            "teacher-forced probing generates nothing"
+            if selection in PROBING_SELECTIONS
+            else "no probing selection (p2d, data_whisperer)",
+        ),
+    }
+    by_concern = {
+        "proxy": (proxy, "no proxy is trained"),
+        "adaptation": (trains_heads, "only `finetuning_type: p2d_heads` trains head slices"),
+        "selection": (selects, "`p2d_data_selection` is none"),
+        "probing": (selection in PROBING_SELECTIONS, "no probing selection (p2d, data_whisperer)"),
+        "aer": (True, ""),
+        "heads": (True, ""),
+    }
+    reasons = {}
+    for f in p2d_fields(cls):
+        key = f.name
+        if key.startswith("p2d_lofit_"):
+            effective, why = lofit, "only `finetuning_type: lofit` uses it"
+        elif key.startswith("p2d_nuggets_"):
+            effective, why = selection == "nuggets", "only `p2d_data_selection: nuggets` uses it"
+        else:
+            effective, why = rules.get(key) or by_concern[f.metadata["concern"]]
+        reasons[key] = None if effective else why
+    return reasons

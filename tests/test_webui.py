@@ -91,8 +91,8 @@ def test_texts_cover_every_language_of_the_board():
                 "p2d_heads_file": " heads/p2d_heads.json ",
                 "p2d_head_modules": ["o", "q", "k"],
             },
-            {  # no slice keys: only p2d_heads trains slices (LLaMA-Factory would refuse p2d_head_modules here)
-                "p2d_head_ratio": 0.1,
+            {  # no slice keys: only p2d_heads trains slices (LLaMA-Factory would refuse p2d_head_modules here); no
+                # head ratio: the heads file gives the heads
                 "p2d_heads_file": "heads/p2d_heads.json",
                 "p2d_data_selection": "p2d",
                 "p2d_data_ratio": 0.1,

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.prompts import BUILTIN_STYLES
-from ..hparams import DEFAULT_HEAD_MODULES, HEAD_MODULES, P2DArguments, default_of, keys_of_concern, p2d_fields
+from ..hparams import DEFAULT_HEAD_MODULES, HEAD_MODULES, P2DArguments, applicable, default_of, p2d_fields, uses_p2d
 from ..methods import DATA_SELECTIONS, HEAD_SELECTIONS, ICL_SCORINGS
 
 
@@ -85,38 +85,24 @@ def _convert(setting: BoardSetting, value: Any) -> Any:
 
 
 def settings_to_args(values: dict[str, Any], finetuning_type: str) -> dict[str, Any]:
-    """The ``p2d_*`` keys a Train-tab run gets from the accordion's ``values`` (key -> widget value).
-
-    Head keys go to runs that train heads (``p2d_heads``) or select data with them (``p2d``), the head ratio also to
-    ``lofit`` runs; adaptation keys (the slices, their learning-rate scale) to ``p2d_heads`` runs only; data keys to runs that select data; probing keys
-    to the two probing methods. Empty texts are left out (LLaMA-Factory's
-    command drops them too), but an empty module choice stays, for validation to refuse; ``p2d_aer_estimate_steps``
-    0 means off.
-    """
+    """The ``p2d_*`` keys a Train-tab run gets from the accordion's ``values`` (key -> widget value): none for a run
+    that uses no P2D feature, else every key that applies to it (``hparams.applicable``, the rule the YAML path's
+    warnings use). Empty texts are left out (LLaMA-Factory's command drops them too), but an empty module choice
+    stays, for validation to refuse; ``p2d_aer_estimate_steps`` 0 means off."""
     converted = {setting.key: _convert(setting, values[setting.key]) for setting in SETTINGS}
-    selection = converted["p2d_data_selection"]
-    groups = set()
-    if finetuning_type == "p2d_heads" or selection == "p2d":
-        groups.add("heads")
-    if selection != "none":
-        groups.update(("data", "icl") if selection in ("p2d", "data_whisperer") else ("data",))
-    if finetuning_type == "p2d_heads":
-        groups.update(("data", "adaptation"))
-    args = {
+    if not converted.get("p2d_aer_estimate_steps"):
+        converted.pop("p2d_aer_estimate_steps", None)
+    given = {key: value for key, value in converted.items() if value not in ("", None)}
+    if not uses_p2d(given, finetuning_type):
+        return {}
+    reasons = applicable(given, finetuning_type)
+    return {
         s.key: converted[s.key]
         for s in SETTINGS
-        if s.group in groups and (converted[s.key] not in ("", None) or s.kind == "multichoice")  # none: an error
+        if s.key in converted
+        and reasons[s.key] is None
+        and (converted[s.key] not in ("", None) or s.kind == "multichoice")  # an empty module choice: an error
     }
-    if finetuning_type == "lofit":  # LoFiT ranks its own heads; it takes P2D's head budget (its keys: defaults)
-        args["p2d_head_ratio"] = converted["p2d_head_ratio"]
-    if selection == "none":
-        args.pop("p2d_data_ratio", None)
-    if not args.get("p2d_aer_estimate_steps"):
-        args.pop("p2d_aer_estimate_steps", None)
-    if args.get("p2d_heads_file"):  # a given head set replaces identification
-        for key in ("p2d_head_selection", *keys_of_concern("proxy")):
-            args.pop(key, None)
-    return args
 
 
 def validate_args(args: dict[str, Any]) -> None:

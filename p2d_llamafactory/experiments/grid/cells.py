@@ -194,29 +194,21 @@ def _aer_reference(spec: GridSpec, cell: GridCell, method: dict[str, Any]) -> st
     return f"{spec.output_root}/{cell.model}/{cell.dataset}/{reference.name}"
 
 
-LOFIT_PREFIX = "p2d_lofit_"
-
-
 def _is_lofit(adaptation: str) -> bool:
     return methods.ADAPTATIONS[adaptation].keys["finetuning_type"] == "lofit"
 
 
-def _kept(cell: GridCell, own_w1_stage1: bool, selects: bool) -> dict[str, bool]:
-    """Key -> whether the cell keeps it: the keys of a concern stay only in the cells that use it."""
-    selection_keys = [key for key in hparams.keys_of_concern("selection") if key not in CELL_KEYS]
-    adaptation_keys = hparams.keys_of_concern("adaptation")
-    lofit = _is_lofit(cell.adaptation)
+def _kept(cell: GridCell, method: dict[str, Any]) -> dict[str, bool]:
+    """Key -> whether the cell keeps it: a ``p2d_*`` key of a stage's concern stays only where it applies
+    (``hparams.applicable``, the rule of the run's own warnings); the head keys and the cell's budget keys are set
+    by the cell itself; LoRA keys stay in LoRA cells, the AER keys out of tuning cells."""
+    reasons = hparams.applicable(method, method.get("finetuning_type"))
+    filtered = [*hparams.keys_of_concern("proxy"), *hparams.keys_of_concern("adaptation")]
+    filtered += [key for key in hparams.keys_of_concern("selection") if key not in CELL_KEYS]
+    filtered += hparams.keys_of_concern("probing")
     return {
-        **dict.fromkeys(hparams.keys_of_concern("proxy"), own_w1_stage1),
-        **{
-            key: lofit if key.startswith(LOFIT_PREFIX) else cell.adaptation in HEAD_ADAPTATION_NAMES
-            for key in adaptation_keys
-        },
-        **{key: selects and (cell.selection == "nuggets" or "nuggets" not in key) for key in selection_keys},
+        **{key: reasons[key] is None for key in filtered},
         **dict.fromkeys(_LORA_KEYS, cell.adaptation == "lora"),
-        **dict.fromkeys(
-            hparams.keys_of_concern("probing"), bool(methods.SELECTIONS[cell.selection].extra.get("probing"))
-        ),
         **(dict.fromkeys(hparams.keys_of_concern("aer"), False) if cell.is_tuning else {}),
     }
 
@@ -242,7 +234,6 @@ def resolve_cell(
     data_selection = methods.SELECTIONS[cell.selection].keys["p2d_data_selection"]
     head_adaptation = cell.adaptation in HEAD_ADAPTATION_NAMES
     heads_file = _heads_file(spec, cell, planned)
-    own_w1_stage1 = cell.adaptation == "p2d_heads" and heads_file is None
     aer_reference = _aer_reference(spec, cell, method)
 
     method["finetuning_type"] = adaptation_keys["finetuning_type"]
@@ -263,7 +254,7 @@ def resolve_cell(
         method["p2d_seed"] = cell.seed
     if cell.is_tuning and head_adaptation:
         method["p2d_head_lr_scale"] = 1.0  # the swept rate is the slices' own rate
-    keep = _kept(cell, own_w1_stage1, data_selection != "none")
+    keep = _kept(cell, method)
     merged["method"] = {key: value for key, value in method.items() if keep.get(key, True)}
 
     merged["dataset"]["dataset"] = model.names["train"].format(dataset=cell.dataset)
