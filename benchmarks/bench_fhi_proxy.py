@@ -30,7 +30,7 @@ from bench_common import load_model, load_tokenizer, model_folder
 from scipy.stats import spearmanr
 
 from p2d_llamafactory.api import tokenize_examples
-from p2d_llamafactory.assets.published import PUBLISHED_MODELS, published_config
+from p2d_llamafactory.experiments.published import PUBLISHED_MODELS, published_config
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.proxy import make_batches, micro_batch_tokens, sample_indices, train_proxy
 from p2d_llamafactory.heads.proxy_memory import proxy_memory, proxy_memory_from_config

@@ -36,8 +36,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from bench_common import load_model, model_folder
 
-from p2d_llamafactory.assets.published import PUBLISHED_MODELS, published_config
-from p2d_llamafactory.report.traffic import (
+from p2d_llamafactory.experiments.published import PUBLISHED_MODELS, published_config
+from p2d_llamafactory.experiments.traffic import (
     HEAD_RATIO,
     METHODS,
     AllReduceCounter,

@@ -9,7 +9,7 @@ import torch
 
 from p2d_llamafactory.adapter import apply_head_slices, count_slice_params
 from p2d_llamafactory.adapter.config import slice_targets
-from p2d_llamafactory.assets.published import published_config
+from p2d_llamafactory.experiments.published import published_config
 from p2d_llamafactory.heads.layout import find_attention_layout, layout_from_config
 from p2d_llamafactory.hparams import count_for_ratio
 from tests.helpers.tiny import FAMILIES, build_model, lm_batch, random_ids, train_like

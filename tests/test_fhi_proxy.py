@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from p2d_llamafactory.assets.published import PUBLISHED_MODELS, published_config
+from p2d_llamafactory.experiments.published import PUBLISHED_MODELS, published_config
 from p2d_llamafactory.files import HEADS_FILE
 from p2d_llamafactory.heads import identify as identify_module
 from p2d_llamafactory.heads import proxy as proxy_module

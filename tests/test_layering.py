@@ -61,3 +61,24 @@ def test_every_import_points_down():
 def test_the_layers_cover_the_tree():
     tops = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in PACKAGE.rglob("*.py")}
     assert tops == {name for names in LAYERS for name in names}
+
+
+def _imports_llamafactory(path: Path) -> bool:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        if any(name == "llamafactory" or name.startswith("llamafactory.") for name in names):
+            return True
+    return False
+
+
+def test_only_the_integration_package_imports_llamafactory():
+    outside = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] != "integration" and _imports_llamafactory(path)
+    ]
+    assert not outside, outside
+    assert _imports_llamafactory(PACKAGE / "integration" / "hparams.py")  # the check sees an import where there is one

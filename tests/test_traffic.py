@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from p2d_llamafactory.adapter import count_slice_params
-from p2d_llamafactory.assets.published import published_config
-from p2d_llamafactory.heads.layout import find_attention_layout
-from p2d_llamafactory.report.traffic import (
+from p2d_llamafactory.experiments.published import published_config
+from p2d_llamafactory.experiments.traffic import (
     METHODS,
     AllReduceCounter,
     MethodSetup,
@@ -24,6 +23,7 @@ from p2d_llamafactory.report.traffic import (
     prepare,
     trainable_traffic,
 )
+from p2d_llamafactory.heads.layout import find_attention_layout
 from tests.helpers.tiny import build_model, lm_batch, random_ids
 
 

@@ -44,13 +44,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..hparams import count_for_ratio
+from ..hparams import DEFAULT_HEAD_MODULES, count_for_ratio
 
 
 METHODS = ("full", "lora", "p2d_heads")
 LORA_RANK = 128
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj")
-HEAD_MODULES = ("q", "o")
 HEAD_RATIO = 0.1
 
 
@@ -128,7 +127,7 @@ class MethodSetup:
     and o slices only the number of heads matters) and its slices, and the LoRA baseline's rank and targets."""
 
     heads: tuple[tuple[int, int], ...] | None = None
-    head_modules: tuple[str, ...] = HEAD_MODULES
+    head_modules: tuple[str, ...] = DEFAULT_HEAD_MODULES
     head_ratio: float = HEAD_RATIO
     seed: int = 0
     lora_rank: int = LORA_RANK
