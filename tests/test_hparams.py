@@ -1,164 +1,178 @@
-"""The p2d_* keys through LLaMA-Factory's stock parser: valid forms, and every bad input failing early."""
+"""One source of truth for the P2D settings: every consumer derives its keys from the dataclasses."""
 
-import json
-import sys
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from p2d_llamafactory import hparams
+from p2d_llamafactory.board.settings import BoardSetting
+from p2d_llamafactory.data.cache import finished_scores
+from p2d_llamafactory.data.select import selection_settings
+from p2d_llamafactory.files import HEADS_FILE, SCORES_FILE
 from p2d_llamafactory.heads.headset import HeadSet
-from tests.helpers.cli import parse_train_args
+from p2d_llamafactory.heads.identify import plan_identification, reusable_identification
+from p2d_llamafactory.heads.layout import AttentionLayout
+from p2d_llamafactory.hparams import P2DArguments, identity_keys, p2d_field
+from p2d_llamafactory.io import atomic_write_json
 
 
-def test_dict_form_parses_defaults_and_values(make_args):
-    _, _, _, finetuning_args, _ = parse_train_args(make_args())
-    assert type(finetuning_args).__name__ == "P2DFinetuningArguments"
-    assert finetuning_args.finetuning_type == "p2d_heads"
-    assert finetuning_args.head_modules == ("q", "o")
-    assert (finetuning_args.p2d_head_ratio, finetuning_args.p2d_fhi_samples, finetuning_args.p2d_fhi_steps) == (
-        0.1,
-        100,
-        20,
-    )
-    assert (finetuning_args.p2d_fhi_lr, finetuning_args.p2d_temperature, finetuning_args.p2d_head_selection) == (
-        2e-5,
-        0.1,
-        "w1",
-    )
-    _, _, _, finetuning_args, _ = parse_train_args(
-        make_args(p2d_head_modules="all", p2d_head_selection="cosine", p2d_seed=7)
-    )
-    assert finetuning_args.head_modules == ("q", "k", "v", "o")
-    assert (finetuning_args.p2d_head_selection, finetuning_args.p2d_seed) == ("cosine", 7)
+@dataclasses.dataclass
+class WithNewKnob(P2DArguments):
+    """A later plugin version's hypothetical key, part of both stages' identity."""
+
+    p2d_new_knob: float = p2d_field(0.5, "A hypothetical probing key.", "probing", ("heads", "selection"))
 
 
-def test_yaml_and_command_line_forms(make_args, tmp_path, monkeypatch):
-    import yaml
-
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(make_args(p2d_head_ratio=0.25, p2d_head_modules="q,k,v")))
-    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", str(path), "p2d_seed=3"])
-    _, _, _, finetuning_args, _ = parse_train_args(None)
-    assert (finetuning_args.p2d_head_ratio, finetuning_args.head_modules, finetuning_args.p2d_seed) == (
-        0.25,
-        ("q", "k", "v"),
-        3,
-    )
-    argv = [f"--{k}={v}" for k, v in make_args(p2d_head_selection="gradient").items()]
-    _, _, _, finetuning_args, _ = parse_train_args(argv)
-    assert finetuning_args.p2d_head_selection == "gradient"
-
-
-def test_command_line_choices_name_the_allowed_values(make_args, capsys):
-    argv = [f"--{k}={v}" for k, v in make_args(p2d_head_selection="magnitude").items()]
-    with pytest.raises(SystemExit):
-        parse_train_args(argv)
-    err = capsys.readouterr().err
-    assert "p2d_head_selection" in err and "w1" in err and "gradient" in err
-
-
-BAD_VALUES = [
-    ({"finetuning_type": "heads"}, r"`finetuning_type` must be one of lora, oft, freeze, full, p2d_heads"),
-    ({"p2d_head_selection": "magnitude"}, r"`p2d_head_selection` must be one of w1, random, cosine, gradient"),
-    ({"p2d_head_ratio": 0}, r"`p2d_head_ratio` must be in \(0, 1\]"),
-    ({"p2d_head_ratio": -0.1}, r"`p2d_head_ratio` must be in \(0, 1\]"),
-    ({"p2d_head_ratio": 1.5}, r"`p2d_head_ratio` must be in \(0, 1\]"),
-    ({"p2d_head_ratio": 0.01}, r"`p2d_head_ratio: 0.01` selects 0 of the 12 heads.*\[0.04167, 1\]"),
-    ({"p2d_head_modules": "q,x"}, r"`p2d_head_modules` takes a comma-separated subset of q, k, v, o"),
-    (
-        {"finetuning_type": "lora", "p2d_head_modules": "q"},
-        r"`p2d_head_modules` only applies to `finetuning_type: p2d_heads`",
-    ),
-    ({"p2d_fhi_samples": 0}, r"`p2d_fhi_samples` must be a positive integer"),
-    ({"p2d_fhi_steps": -1}, r"`p2d_fhi_steps` must be a positive integer"),
-    ({"p2d_temperature": 0}, r"`p2d_temperature` must be > 0"),
-    ({"p2d_fhi_lr": 0}, r"`p2d_fhi_lr` must be > 0"),
-    ({"quantization_bit": 4}, r"`quantization_bit=4` is not supported"),
-    ({"stage": "dpo"}, r"`finetuning_type: p2d_heads` supports `stage` sft; got 'dpo'"),
-    ({"use_dora": True}, r"`use_dora` cannot be combined with `finetuning_type: p2d_heads`"),
-    (
-        {"p2d_data_selection": "best"},
-        r"`p2d_data_selection` must be one of none, ifd, nuggets, data_whisperer, random, p2d",
-    ),
-    ({"p2d_icl_metric": "bleu"}, r"`p2d_icl_metric` must be one of auto, em, rougeL; got 'bleu'"),
-    ({"p2d_icl_scoring": "sample"}, r"`p2d_icl_scoring` must be one of generate, teacher_forced"),
-    ({"p2d_data_ratio": 0}, r"`p2d_data_ratio` must be in \(0, 1\]"),
-    ({"p2d_icl_demos": 0}, r"`p2d_icl_demos` must be a positive integer"),
-    ({"finetuning_type": "lora", "p2d_data_selection": "p2d"}, r"`p2d_data_selection: p2d` needs a head set"),
-    ({"p2d_data_selection": "random", "streaming": True, "max_steps": 10}, r"turn off `streaming`"),
-    (
-        {"p2d_heads_file": "/nonexistent/p2d_heads.json"},
-        r"`p2d_heads_file` '/nonexistent/p2d_heads.json' does not exist",
-    ),
-]
+# a valid other value for every identity field; a new identity field must be added here (the test says so)
+OTHER_VALUES = {
+    "p2d_head_ratio": 0.2,
+    "p2d_head_selection": "cosine",
+    "p2d_seed": 7,
+    "p2d_fhi_samples": 50,
+    "p2d_fhi_steps": 3,
+    "p2d_fhi_lr": 1e-4,
+    "p2d_fhi_trainable": "attention",
+    "p2d_temperature": 0.5,
+    "p2d_task_model": "some/task-model",
+    "p2d_data_selection": "ifd",
+    "p2d_data_ratio": 0.3,
+    "p2d_nuggets_anchors": 50,
+    "p2d_nuggets_anchor_sampling": "random",
+    "p2d_icl_instruction": "summarization",
+    "p2d_icl_demos": 4,
+    "p2d_icl_queries": 2,
+    "p2d_icl_rounds": 2,
+    "p2d_icl_metric": "em",
+    "p2d_icl_scoring": "teacher_forced",
+    "p2d_icl_max_new_tokens": 64,
+    "p2d_new_knob": 0.25,
+}
+LAYOUT = AttentionLayout(("l0", "l1"), num_heads=4, num_kv_heads=2, head_dim=8, hidden_size=32)
+EXAMPLES = [{"input_ids": [1, 2, i], "labels": [-100, 2, i]} for i in range(6)]
 
 
-@pytest.mark.parametrize(("overrides", "message"), BAD_VALUES, ids=[str(o) for o, _ in BAD_VALUES])
-def test_bad_values_fail_at_parse_time_naming_the_key(make_args, tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message):
-        parse_train_args(make_args(**overrides))
-    assert not (tmp_path / "out").exists()  # nothing written
+def _head_set(args: P2DArguments, output_dir: Path) -> dict:
+    _, settings = plan_identification(EXAMPLES, args, "tiny")
+    HeadSet("tiny", LAYOUT.shape(), "w1", 0, 0.1, [[0.0] * 4] * 2, [(0, 0)], settings).save(output_dir / HEADS_FILE)
+    return settings
 
 
-def test_training_on_top_of_an_adapter_is_refused(make_args, tiny_models, tmp_path):
-    with pytest.raises(ValueError, match=r"training starts from the base model; merge `adapter_name_or_path` first"):
-        parse_train_args(make_args(adapter_name_or_path=str(tiny_models["llama"])))
-    assert not (tmp_path / "out").exists()
+def _selection_inputs() -> SimpleNamespace:
+    return SimpleNamespace(model_name="tiny", data_fingerprint="abc", max_length=64)
 
 
-def test_model_without_standard_attention_projections(make_args, tmp_path, tiny_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    model_dir = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(
-        model_dir
-    )
-    tiny_tokenizer.save_pretrained(model_dir)
-    with pytest.raises(ValueError, match=r"cannot find this model's heads: model_type=gpt2 .*not a supported decoder"):
-        parse_train_args(make_args(model=model_dir))
-    assert not (tmp_path / "out").exists()
-
-
-def test_heads_file_from_a_model_of_another_shape(make_args, tmp_path):
-    other = HeadSet(
-        "other",
-        {"num_layers": 30, "num_heads": 9, "num_kv_heads": 3, "head_dim": 64, "hidden_size": 576},
-        "w1",
-        0,
-        0.1,
-        [],
-        [(0, 0)],
-    )
-    other.save(tmp_path / "heads.json")
-    with pytest.raises(
-        ValueError, match=r"`p2d_heads_file` holds heads of a model shaped .*'num_layers': 30.*this model"
+def test_identity_keys_come_from_field_metadata():
+    heads = identity_keys("heads")
+    selection = identity_keys("selection")
+    assert {"p2d_head_ratio", "p2d_head_selection", "p2d_fhi_lr", "p2d_temperature", "p2d_seed"} <= set(heads)
+    assert {"p2d_data_selection", "p2d_data_ratio", "p2d_icl_demos", "p2d_seed"} <= set(selection)
+    # what changes no result is no part of an identity
+    for key in (
+        "p2d_head_modules",
+        "p2d_heads_file",
+        "p2d_icl_batch_size",
+        "p2d_data_ppl_samples",
+        "p2d_aer_reference",
     ):
-        parse_train_args(make_args(p2d_heads_file=str(tmp_path / "heads.json")))
-    (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
-    with pytest.raises(ValueError, match=r"is not a P2D head set"):
-        parse_train_args(make_args(p2d_heads_file=str(tmp_path / "bad.json")))
-    assert not (tmp_path / "out").exists()
-
-
-def test_task_model_of_another_architecture(make_args, tiny_models, tmp_path):
-    with pytest.raises(ValueError, match=r"`p2d_task_model` is a qwen2 model; the base model is llama"):
-        parse_train_args(make_args(p2d_task_model=str(tiny_models["qwen2"])))
-    with pytest.raises(ValueError, match=r"`p2d_task_model` has attention shape"):
-        parse_train_args(make_args(p2d_task_model=str(tiny_models["llama_mha"])))
-    with pytest.raises(ValueError, match=r"`p2d_task_model` compares weights.*choose w1 or cosine"):
-        parse_train_args(make_args(p2d_task_model=str(tiny_models["llama"]), p2d_head_selection="random"))
-    assert not (tmp_path / "out").exists()
-
-
-def test_p2d_adapters_load_like_lora_for_inference(tiny_models):
-    from llamafactory.hparams import get_infer_args
-
-    model_args, _, finetuning_args, _ = get_infer_args(
-        {
-            "model_name_or_path": str(tiny_models["llama"]),
-            "adapter_name_or_path": str(tiny_models["llama"]),
-            "finetuning_type": "p2d_heads",
-            "template": "chatml",
-        }
+        assert key not in heads and key not in selection
+    assert hparams.keys_of_concern("proxy") == (
+        "p2d_fhi_samples",
+        "p2d_fhi_steps",
+        "p2d_fhi_lr",
+        "p2d_fhi_trainable",
+        "p2d_temperature",
+        "p2d_task_model",
     )
-    assert finetuning_args.finetuning_type == "p2d_heads"
-    assert model_args.adapter_name_or_path == [str(tiny_models["llama"])]
+    with pytest.raises(ValueError, match="unknown concern 'fhi'; allowed: heads, proxy"):
+        hparams.keys_of_concern("fhi")
+
+
+def test_p2d_metadata_never_reaches_argparse():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(P2DArguments)  # would raise on an unknown add_argument keyword
+    (args,) = parser.parse_args_into_dataclasses(["--p2d_head_ratio", "0.2", "--p2d_icl_scoring", "teacher_forced"])
+    assert args.p2d_head_ratio == 0.2 and args.p2d_icl_scoring == "teacher_forced"
+    with pytest.raises(SystemExit):
+        parser.parse_args_into_dataclasses(["--p2d_head_selection", "magnitude"])  # choices from the Literal
+
+
+def test_a_new_field_reaches_every_consumer(monkeypatch):
+    args = WithNewKnob(p2d_new_knob=0.75)
+    # stage I and stage II cache keys
+    _, head_settings = plan_identification(EXAMPLES, args, "tiny")
+    assert head_settings["p2d_new_knob"] == 0.75
+    assert selection_settings(args, _selection_inputs(), None)["p2d_new_knob"] == 0.75
+    assert args.p2d_dict()["p2d_new_knob"] == 0.75
+
+    monkeypatch.setattr(hparams, "P2DArguments", WithNewKnob)
+    # the grid's method block and its keep-where-used list for the field's concern
+    from p2d_llamafactory.experiments.grid import spec as grid_spec
+
+    method_keys = grid_spec.blocks()["method"]
+    assert "p2d_new_knob" in method_keys
+    assert method_keys.index("p2d_new_knob") > method_keys.index("p2d_icl_batch_size")  # declaration order
+    assert "p2d_new_knob" in hparams.keys_of_concern("probing")
+    # LLaMA-Board: a widget for the key takes its default and group from the field
+    widget = BoardSetting("p2d_new_knob", "number")
+    assert widget.default == 0.5 and widget.group == "icl"
+
+
+def test_every_identity_field_has_a_test_value():
+    fields = set(identity_keys("heads", WithNewKnob)) | set(identity_keys("selection", WithNewKnob))
+    assert fields == set(OTHER_VALUES), "add the new identity field to OTHER_VALUES"
+
+
+@pytest.mark.parametrize("key", identity_keys("heads", WithNewKnob))
+def test_changing_any_stage_one_identity_field_invalidates_reuse(key, tmp_path):
+    base = WithNewKnob(p2d_head_selection="w1")
+    settings = _head_set(base, tmp_path)
+    assert reusable_identification(str(tmp_path), settings, LAYOUT) is not None  # identical: reused
+    changed = dataclasses.replace(base, **{key: OTHER_VALUES[key]})
+    _, other = plan_identification(EXAMPLES, changed, "tiny")
+    assert other != settings
+    assert reusable_identification(str(tmp_path), other, LAYOUT) is None
+
+
+@pytest.mark.parametrize("key", identity_keys("selection", WithNewKnob))
+def test_changing_any_stage_two_identity_field_invalidates_reuse(key, tmp_path):
+    heads = {0: [1, 2]}
+    base = WithNewKnob(p2d_data_selection="p2d")
+    settings = selection_settings(base, _selection_inputs(), heads)
+    atomic_write_json(tmp_path / SCORES_FILE, {"settings": settings, "selected": [0]})
+    assert finished_scores(tmp_path, settings) is not None  # identical: reused
+    changed = dataclasses.replace(base, **{key: OTHER_VALUES[key]})
+    assert finished_scores(tmp_path, selection_settings(changed, _selection_inputs(), heads)) is None
+
+
+def test_changing_a_non_identity_field_keeps_reuse(tmp_path):
+    base = WithNewKnob(p2d_data_selection="p2d")
+    settings = selection_settings(base, _selection_inputs(), None)
+    atomic_write_json(tmp_path / SCORES_FILE, {"settings": settings, "selected": [0]})
+    changed = dataclasses.replace(base, p2d_icl_batch_size=16, p2d_data_ppl_samples=0, p2d_head_modules="all")
+    assert finished_scores(tmp_path, selection_settings(changed, _selection_inputs(), None)) is not None
+    assert _head_set(base, tmp_path) == plan_identification(EXAMPLES, changed, "tiny")[1]
+
+
+def test_one_rule_says_which_key_applies_to_which_run():
+    from p2d_llamafactory.hparams import applicable, uses_p2d
+
+    with_file = applicable({"p2d_heads_file": "h.json", "p2d_data_selection": "p2d"}, "lora")
+    assert with_file["p2d_heads_file"] is None and with_file["p2d_icl_demos"] is None
+    assert "a heads file gives them" in with_file["p2d_head_ratio"]
+    assert with_file["p2d_fhi_steps"] == "no proxy is trained"
+    assert with_file["p2d_head_modules"] == "only `finetuning_type: p2d_heads` trains head slices"
+    own = applicable({}, "p2d_heads")
+    assert own["p2d_fhi_steps"] is None and own["p2d_head_modules"] is None
+    assert own["p2d_data_ratio"] == "`p2d_data_selection` is none" and own["p2d_data_selection"] is None
+    assert applicable({"p2d_head_selection": "random"}, "p2d_heads")["p2d_fhi_samples"] == "no FHI examples are used"
+    lofit = applicable({"p2d_data_selection": "nuggets"}, "lofit")
+    assert (
+        lofit["p2d_head_ratio"] is None
+        and lofit["p2d_lofit_l1_lambda"] is None
+        and lofit["p2d_nuggets_anchors"] is None
+    )
+    assert lofit["p2d_head_selection"] == "no heads are identified"
+    assert uses_p2d({}, "lofit") and uses_p2d({"p2d_aer_estimate_steps": 3}, "lora") and not uses_p2d({}, "lora")

@@ -4,9 +4,9 @@ timing callback to every run that uses P2D."""
 import sys
 from types import ModuleType
 
+from ..hparams import P2DArguments
 from ..models import load_causal_lm
 from . import wrap
-from .hparams import p2d_args
 from .run import P2DRun, opened
 
 
@@ -27,7 +27,7 @@ def run_sft(original, model_args, data_args, training_args, finetuning_args, gen
     """For a run that uses a P2D feature: open the run for the integration points, add the P2D timing callback
     (training time, AER), and hold the output dir's lock while the P2D stages and training run (process 0). Any
     other run is LLaMA-Factory's alone: the plugin opens, adds and writes nothing."""
-    p2d = p2d_args(finetuning_args)
+    p2d = finetuning_args if isinstance(finetuning_args, P2DArguments) else None  # another extension's class: not ours
     if p2d is None or not p2d.uses_p2d:
         return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
     from ..io import OutputDirLock

@@ -1,6 +1,7 @@
 """Tiny random models, a tiny tokenizer and random inputs, built locally so the tests run offline."""
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -149,3 +150,13 @@ def logits(model, ids: torch.Tensor) -> torch.Tensor:
     """float32 logits of ``model`` on ``ids``, without autograd."""
     with torch.no_grad():
         return model(input_ids=ids).logits.float()
+
+
+TINY_SHAPE = {"num_layers": 3, "num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "hidden_size": 64}
+
+
+def write_heads_file(path, shape, selected):
+    """A minimal p2d_heads.json (what a hand-edited or foreign file may hold)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"shape": shape, "selected": selected, "model": "tiny"}))
+    return path

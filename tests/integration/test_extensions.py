@@ -93,7 +93,7 @@ def test_an_extension_that_replaces_get_dataset_is_named_for_a_p2d_run(monkeypat
         parse_train_args(make_args(p2d_data_selection="random", p2d_data_ratio=0.5))
     assert str(refused.value).startswith(
         "P2D needs LLaMA-Factory's `get_dataset`, but `llamafactory.train.sft.workflow.get_dataset` is replaced by "
-        "tests.test_extensions.test_an_extension_that_replaces_get_dataset_is_named_for_a_p2d_run.<locals>."
+        "tests.integration.test_extensions.test_an_extension_that_replaces_get_dataset_is_named_for_a_p2d_run.<locals>."
         "extension_get_dataset. Remove the `p2d_*` keys"
     )
     parse_train_args(make_args(finetuning_type="lora"))  # a run without P2D does not need it

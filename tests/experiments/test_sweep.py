@@ -17,7 +17,7 @@ from p2d_llamafactory.experiments.sweep.paired import paired_rows
 from p2d_llamafactory.experiments.sweep.stats import bootstrap_interval
 
 
-SPEC = Path(__file__).resolve().parents[1] / "yaml_examples" / "grid.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "yaml_examples" / "grid.yaml"
 
 STUB = r"""
 import json, os, sys

@@ -46,3 +46,17 @@ def test_unselected_layers_and_decoding_steps_add_nothing(tiny_tokenizer):
     # only the prefill pass counts: each of the 6 query rows spreads mass 1 over keys <= itself
     expected = eager_attention_mass(model, ids, mask, {1: [2]}, [list(range(6, 12))], [[(0, 6)]])
     torch.testing.assert_close(probe.mass, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_probe_state_ends_with_its_block_also_when_the_forward_fails(tiny_tokenizer):
+    from p2d_llamafactory.data import attention
+
+    model = build_model("llama", tiny_tokenizer)
+    previous = model.config._attn_implementation
+    with (
+        pytest.raises(RuntimeError, match="a failing forward"),
+        attention.probing(model, attention.AttentionProbe({0: [1]})),
+    ):
+        assert attention._ACTIVE.get() is not None
+        raise RuntimeError("a failing forward")
+    assert attention._ACTIVE.get() is None and model.config._attn_implementation == previous

@@ -1,6 +1,7 @@
 """Stage I: the proxy, the head-set file, reuse of finished work, and each scoring method."""
 
 import logging
+import math
 import random
 
 import numpy as np
@@ -11,14 +12,14 @@ from transformers import DataCollatorForSeq2Seq
 from p2d_llamafactory.files import HEADS_FILE, HEATMAP_FILE
 from p2d_llamafactory.heads import identify as identify_module
 from p2d_llamafactory.heads.headset import HeadSet
-from p2d_llamafactory.heads.identify import FHIInputs, identify_heads
+from p2d_llamafactory.heads.identify import FHIInputs, check_scores, identify_heads
 from p2d_llamafactory.heads.layout import find_attention_layout
 from p2d_llamafactory.heads.proxy import make_batches, train_proxy
 from p2d_llamafactory.heads.scoring import select_top, weight_scores
 from p2d_llamafactory.hparams import P2DArguments
 from tests.helpers.examples import tokenized_examples
 from tests.helpers.references import cosine_distance_np, head_distribution_np, snip_head_scores, top_heads
-from tests.helpers.tiny import build_model
+from tests.helpers.tiny import TINY_SHAPE, build_model, write_heads_file
 
 
 @pytest.fixture
@@ -190,3 +191,33 @@ def test_gradient_scores_the_fhi_sample_without_a_proxy(fhi, monkeypatch):
     assert head_set.selected == top_heads(expected, 3) and head_set.proxy_loss == []
     first_six = snip_head_scores(inputs.model, inputs.collate(inputs.examples[:6]))
     assert not np.allclose(first_six, expected)  # the seeded sample, not just any 6 examples
+
+
+def test_equal_scores_are_refused_naming_the_cause():
+    flat = torch.zeros(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"every head scored the same \(0\).*the proxy did not move.*p2d_fhi_lr"):
+        check_scores(flat, P2DArguments())
+    with pytest.raises(ValueError, match=r"`p2d_task_model` 'base' has the same attention weights"):
+        check_scores(flat, P2DArguments(p2d_task_model="base"))
+    with pytest.raises(ValueError, match="not finite"):
+        check_scores(torch.tensor([[1.0, math.nan]]), P2DArguments())
+    check_scores(flat, P2DArguments(p2d_head_selection="random"))  # random scores are never flat
+    check_scores(torch.tensor([[0.0, 1e-12]]), P2DArguments())  # any difference ranks
+
+
+def test_a_task_model_that_is_the_base_model_stops_stage_one(tiny_models, tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    inputs = FHIInputs(model, "tiny", [], None, 4, str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="has the same attention weights as the base model"):
+        identify_heads(inputs, P2DArguments(p2d_task_model=str(tiny_models["llama"])))
+    assert not (tmp_path / HEADS_FILE).exists()
+
+
+def test_a_run_given_a_heads_file_keeps_it_in_its_output_dir(tiny_tokenizer, tmp_path):
+    model = build_model("llama", tiny_tokenizer)
+    source = write_heads_file(tmp_path / "src" / HEADS_FILE, TINY_SHAPE, [[2, 3], [0, 1]])
+    inputs = FHIInputs(model, "tiny", [], None, 4, str(tmp_path / "run"), progress=False)
+    head_set = identify_heads(inputs, P2DArguments(p2d_heads_file=str(source)), find_attention_layout(model))
+    assert HeadSet.load(tmp_path / "run" / HEADS_FILE).selected == head_set.selected == [(0, 1), (2, 3)]

@@ -12,7 +12,7 @@ import torch
 from p2d_llamafactory.data import probe as probe_module
 from p2d_llamafactory.data.probe import ProbeSettings, plan_prompts
 from p2d_llamafactory.data.prompts import BUILTIN_STYLES, Example, build_prompt
-from p2d_llamafactory.data.select import select_examples
+from p2d_llamafactory.data.select import check_selection, select_examples
 from p2d_llamafactory.files import PROGRESS_FILE, SCORES_FILE
 from p2d_llamafactory.hparams import P2DArguments
 from tests.helpers.examples import chatml_frame, probe_examples
@@ -326,3 +326,10 @@ def test_a_scores_file_of_the_same_selection_is_reused_and_another_refused(selec
     with pytest.raises(ValueError, match=r"`p2d_data_scores_file` .* than this run's \(heads differ\)"):
         select_examples(inputs, _args(p2d_data_scores_file=source))
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists() and not calls
+
+
+def test_a_dataset_too_small_for_one_probe_prompt_fails_before_any_model_work():
+    args = P2DArguments(p2d_data_selection="p2d", p2d_icl_demos=5, p2d_icl_queries=3)
+    with pytest.raises(ValueError, match=r"at least 8 usable examples .*got 6.*\(2 of the 8 examples are longer"):
+        check_selection(args, [10] * 6 + [999] * 2, max_length=100)
+    assert check_selection(P2DArguments(p2d_data_selection="random"), [10] * 6, 100)[0] == 1
