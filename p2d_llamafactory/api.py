@@ -43,6 +43,7 @@ from . import pipeline
 from .checks import check_aer_reference, check_head_ratio, check_head_sources, check_output_dir
 from .checks import head_learning_rate as _head_learning_rate
 from .data.prompts import ChatFrame, Example, examples_fingerprint
+from .data.report import sharegpt_record
 from .data.select import Selection, SelectionInputs, check_selection
 from .distributed import rank
 from .files import AER_FILE, HEADS_FILE
@@ -283,11 +284,6 @@ def _as_head_set(heads: Any, layout: AttentionLayout, model_name: str, source: s
 # --- stage II -------------------------------------------------------------------------------------------------------
 
 
-def _sharegpt(example: Example, system: str | None) -> dict[str, Any]:
-    turns = [{"from": "human", "value": example.prompt}, {"from": "gpt", "value": example.response}]
-    return {"conversations": turns, **({"system": system} if system else {})}
-
-
 def select_data(
     model: nn.Module,
     tokenizer: Any,
@@ -343,7 +339,8 @@ def select_data(
         data_fingerprint=examples_fingerprint(texts),
         progress=progress,
     )
-    records = lambda selected: [_sharegpt(texts[i], system) for i in selected]
+    chat = lambda ex: [{"role": "user", "content": ex.prompt}, {"role": "assistant", "content": ex.response}]
+    records = lambda selected: [sharegpt_record(chat(texts[i]), system) for i in selected]
     with _lock(out, "select_data"), _eval_mode(model):
         return pipeline.select_data(inputs, args, rank() == 0, records)
 

@@ -12,6 +12,18 @@ from .baselines import response_losses
 from .select import Selection, SelectionInputs
 
 
+SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "observation": "observation", "function": "function_call"}
+
+
+def sharegpt_record(
+    messages: list[dict[str, Any]], system: str | None = None, tools: str | None = None
+) -> dict[str, Any]:
+    """Chat ``messages`` (``role``/``content``) as a record of LLaMA-Factory's sharegpt format, as
+    p2d_data_selected.json lists the selected examples."""
+    turns = [{"from": SHAREGPT_ROLES.get(m["role"], m["role"]), "value": m["content"]} for m in messages]
+    return {"conversations": turns, **({"system": system} if system else {}), **({"tools": tools} if tools else {})}
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.prompts import Example, examples_fingerprint
+from ..data.report import sharegpt_record
 from ..data.select import SelectionInputs, check_selection
 from ..heads.layout import layout_from_config
 from ..pipeline import select_data
@@ -63,20 +64,9 @@ def run_data_selection(run: P2DRun, dataset, template, tokenizer, tokenize: Call
     frame = inputs.frame
     overhead = len(frame.prefix) + len(frame.suffix) + len(frame.answer_end)
     run.full_data_tokens = sum(min(n + overhead, data_args.cutoff_len) for n in inputs.token_lengths)
-    records = lambda selected: [_sharegpt(row) for row in dataset.select(selected)]
+    records = lambda selected: [
+        sharegpt_record(row["_prompt"] + row["_response"][:1], row.get("_system"), row.get("_tools"))
+        for row in dataset.select(selected)
+    ]
     selection = select_data(inputs, args, run.training_args.should_save, records)
     return dataset.select(selection.selected)
-
-
-def _sharegpt(row: dict[str, Any]) -> dict[str, Any]:
-    """An aligned example back in LLaMA-Factory's sharegpt format."""
-    names = {"user": "human", "assistant": "gpt", "observation": "observation", "function": "function_call"}
-    turns = [
-        {"from": names.get(t["role"], t["role"]), "value": t["content"]} for t in row["_prompt"] + row["_response"][:1]
-    ]
-    record: dict[str, Any] = {"conversations": turns}
-    if row.get("_system"):
-        record["system"] = row["_system"]
-    if row.get("_tools"):
-        record["tools"] = row["_tools"]
-    return record
