@@ -2,7 +2,7 @@
 
 The per-family core checks (only the selected slices change, the artifact reloads without the plugin, restricted
 attention sums equal an eager reference, the scorers equal independent references) are parametrised over
-``FAMILIES`` in test_adapter.py, test_attention_probe.py and test_scoring.py.
+``FAMILIES`` in adapter/test_model.py, data/test_attention.py and heads/test_scoring.py.
 """
 
 import re
