@@ -1,14 +1,18 @@
-"""The only place that touches LLaMA-Factory internals.
+"""The only place that touches LLaMA-Factory internals: thin adapters from LLaMA-Factory's arguments and hooks to
+``p2d_llamafactory.pipeline``.
 
 Each patch replaces one LLaMA-Factory function with a wrapper of the same name that calls the original;
 ``p2d_llamafactory._autoload`` applies them right after the patched module executes:
 
 - ``llamafactory.hparams.parser``: ``get_train_args``, ``get_infer_args``, ``_verify_model_args`` and the
-  argument-class lists (see ``integration.hparams``)
-- ``llamafactory.model.adapter``: ``init_adapter`` (see ``integration.model``)
+  argument-class lists (see ``integration.hparams``; the checks of LLaMA-Factory's own arguments in
+  ``integration.checks``)
+- ``llamafactory.train.tuner``: ``run_sft`` opens the P2D run (``integration.run``: what the points below hand each
+  other, and their order) and adds the P2D timing callback (see ``integration.train``)
 - ``llamafactory.data.loader``: ``get_dataset`` and ``_get_preprocessed_dataset`` (see ``integration.data``;
-  the data selection it runs is in ``integration.selection``, the chat frame in ``integration.template``)
-- ``llamafactory.train.tuner``: ``run_sft`` adds the P2D timing callback (see ``integration.train``)
+  stages I and II from the run's arguments in ``integration.selection`` and ``integration.heads``, the chat frame
+  in ``integration.template``)
+- ``llamafactory.model.adapter``: ``init_adapter``, stage III (see ``integration.model``)
 - ``llamafactory.extras.constants``, ``llamafactory.webui.locales``, ``llamafactory.webui.components.train``,
   ``llamafactory.webui.runner``: LLaMA-Board's P2D method, accordion and run arguments (see ``integration.webui``)
 """
