@@ -5,7 +5,7 @@ From a ``p2d_heads.json`` that holds every head's score (stage I of a run), for 
 ``w1`` (the k highest scores), ``bottom_w1`` (the k lowest) and ``random_s<seed>`` (``p2d_head_selection: random``'s
 seeded uniform draws) as head files, and, from ``--template`` (a tuning YAML), ``<out>/rho<ratio>/<set>__lr<rate>.yaml``
 training that head set (``p2d_heads_file``) at each ``--rates`` rate into ``<out>/rho<ratio>/runs/...``; data, steps and
-seed as in the template. ``p2d-sweep <yamls>`` trains and scores them (resumable: finished runs are skipped), and
+seed as in the template (``--suffix`` names runs from several templates apart, e.g. the test-split cells' seeds). ``p2d-sweep <yamls>`` trains and scores them (resumable: finished runs are skipped), and
 ``--collect`` prints the validation ROUGE-L of every finished run.
 
     python benchmarks/study_head_budget.py --heads docs/results/runs/smollm2-cpu/bioinstruct/p2d__p2d_heads/p2d_heads.json \
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--sets", default="w1,bottom_w1,random_s4242,random_s1,random_s2")
     parser.add_argument("--random-seeds", default="4242,1,2")
     parser.add_argument("--label", default="w1", help="name of the top-k set (and of bottom_<label>), e.g. gradient")
+    parser.add_argument("--suffix", default="", help="appended to each run's name, e.g. __test_s4343 for a test-split cell")
     parser.add_argument("--collect", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -101,7 +102,7 @@ def main() -> None:
             if name not in wanted:
                 continue
             for rate in args.rates.split(","):
-                run = f"{name}__lr{rate}"
+                run = f"{name}__lr{rate}{args.suffix}"
                 write_yaml(template, head_set, heads_file, float(rate), folder / "runs" / run, folder / f"{run}.yaml")
             print(f"rho_P {ratio:g}: {name} = {head_set.selected}")
 
