@@ -158,9 +158,12 @@ def _text_pair(example: Mapping[str, Any], index: int) -> tuple[str, str]:
             f"Example {index} (keys {sorted(example)}) is not a `prompt`/`response` dict nor an alpaca `instruction`/`input`/`output` "
             "dict."
         )
-    if not str(response).strip():
+    for name, text in (("prompt", prompt), ("response", response)):
+        if not isinstance(text, str):
+            raise ValueError(f"Example {index}'s {name} is {type(text).__name__} {text!r:.40}, not a text.")
+    if not response.strip():
         raise ValueError(f"Example {index} has no response; P2D scores and trains prompt/response pairs.")
-    return str(prompt), str(response)
+    return prompt, response
 
 
 def _text_examples(examples: Sequence[Mapping[str, Any]]) -> list[Example]:
@@ -192,6 +195,8 @@ def tokenize_examples(
     """``input_ids``, ``attention_mask`` and ``labels`` of each example: the chat-framed prompt and the response,
     with the prompt masked out of the labels (-100), cut at ``max_length``. Examples already holding ``input_ids``
     are kept (``labels`` default to the ids). Stage I reads this form; it is also ready for a Trainer or a loop."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"`max_length` must be a whole number of tokens >= 1; got {max_length!r}.")
     frame = chat_frame(tokenizer, system)
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
     rows = []
@@ -239,6 +244,8 @@ def identify_heads(
     ``llamafactory-cli train`` does, and reuses an identical finished identification found there.
     """
     args = _settings("identify_heads", settings, HEAD_KEYS)
+    if not examples and not args.p2d_heads_file and args.p2d_head_selection != "random" and not args.p2d_task_model:
+        raise ValueError("identify_heads() got no `examples`; stage I scores heads on the task's examples.")
     _warn_ineffective(args, settings, "p2d_heads")
     layout = find_attention_layout(model)
     check_head_ratio(args.p2d_head_ratio, layout)
@@ -259,7 +266,8 @@ def _as_head_set(heads: Any, layout: AttentionLayout, model_name: str, source: s
         head_set = HeadSet.load(heads)
     elif isinstance(heads, Sequence) and heads:
         pairs = [tuple(pair) for pair in heads]
-        if not all(len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p) for p in pairs):
+        integer = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # True is not head 1
+        if not all(len(p) == 2 and all(integer(v) for v in p) for p in pairs):
             raise ValueError(f"`{source}` pairs must be [layer, head] integers; got {list(heads)!r:.80}.")
         if len(set(pairs)) != len(pairs):
             raise ValueError(f"`{source}` repeats a [layer, head] pair.")
@@ -377,6 +385,11 @@ def apply_head_adapter(
     now and, with ``learning_rate``, ``p2d_run.json`` (what trains, at which rate) as the CLI does.
     """
     args = _settings("apply_head_adapter", settings, ADAPTATION_KEYS)
+    if hasattr(model, "peft_config"):
+        raise ValueError(
+            "apply_head_adapter() wraps a base model; this one already carries a PEFT adapter "
+            f"({', '.join(model.peft_config)}). Merge it first (merge_and_unload()) or start from the base model."
+        )
     layout = find_attention_layout(model)
     head_set = _as_head_set(heads, layout, _model_name(model, model_name), "heads")
     out = _output_dir(output_dir)
@@ -463,6 +476,13 @@ def aer(
         raise ValueError(f"t_FFT must be a finite number of seconds > 0; got {t_fft.seconds!r}.")
     output_dir = Path(output_dir)
     if training_seconds is not None:
+        seconds = training_seconds
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not (math.isfinite(seconds) and seconds >= 0)
+        ):
+            raise ValueError(f"`training_seconds` must be a finite number of seconds >= 0; got {training_seconds!r}.")
         record_timings(output_dir, {"training_seconds": float(training_seconds)})
     timings = read_timings(output_dir)
     if "training_seconds" not in timings:

@@ -3,6 +3,7 @@ Python API and a LLaMA-Factory run refuse alike, before any data or weights load
 The checks of LLaMA-Factory's own arguments are in ``integration.checks``."""
 
 import logging
+import math
 from typing import Any
 
 from .hparams import count_for_ratio
@@ -15,9 +16,12 @@ LOW_HEAD_LR = 2e-4  # head-slice rates below this left the model near the untrai
 def check_head_ratio(ratio: float, layout: Any) -> None:
     """``p2d_head_ratio`` must select at least one head of this model."""
     if count_for_ratio(ratio, layout.total_heads) < 1:
+        lowest = 0.5 / layout.total_heads  # the smallest ratio that keeps one head (round half up)
+        digits = 2 - math.floor(math.log10(lowest))  # three significant digits, rounded up: the bound itself works
+        shown = math.ceil(lowest * 10**digits) / 10**digits
         raise ValueError(
             f"`p2d_head_ratio: {ratio}` selects 0 of the {layout.total_heads} heads of this model; use a value in "
-            f"[{0.5 / layout.total_heads:.4g}, 1]."
+            f"[{shown:g}, 1] ({shown:g} keeps 1 head)."
         )
 
 

@@ -32,6 +32,7 @@ HEAD_MODULES = ("q", "k", "v", "o")
 NUGGETS_ANCHOR_SAMPLINGS = ("kmeans", "random")  # Nuggets' anchors: k-means on embeddings (its code's), or seeded
 FHI_TRAINABLE = ("all", "attention")  # what the FHI proxy trains: every parameter (the paper's) or q/k/v only
 HEAD_LR_SCALE = 10.0  # default p2d_head_lr_scale (docs/tuning.md)
+MAX_SEED = 2**32 - 1  # the largest seed numpy.random accepts
 DEFAULT_HEAD_MODULES = ("q", "o")
 _MODULE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
 # concerns, in pipeline order: stage I (heads, proxy), stage III (adaptation), stage II (selection, probing), AER
@@ -177,6 +178,8 @@ class HeadArguments:
         if self.p2d_head_selection not in HEAD_SELECTIONS:
             raise _choice_error("p2d_head_selection", self.p2d_head_selection, HEAD_SELECTIONS)
         _ratio(self, "p2d_head_ratio")
+        if not 0 <= int(self.p2d_seed) <= MAX_SEED:  # numpy's generators (Nuggets' k-means, sampling) take no other
+            raise ValueError(f"`p2d_seed` must be an integer in [0, {MAX_SEED}]; got {self.p2d_seed!r}.")
 
 
 @dataclass
@@ -316,6 +319,10 @@ class DataSelectionArguments:
         if self.p2d_data_selection not in DATA_SELECTIONS:
             raise _choice_error("p2d_data_selection", self.p2d_data_selection, DATA_SELECTIONS)
         _ratio(self, "p2d_data_ratio")
+        if int(self.p2d_data_ppl_samples) < 0:
+            raise ValueError(
+                f"`p2d_data_ppl_samples` must be an integer >= 0 (0: no perplexity report); got {self.p2d_data_ppl_samples!r}."
+            )
 
 
 @dataclass

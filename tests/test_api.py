@@ -403,3 +403,23 @@ def test_the_example_says_how_to_get_the_default_model(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "p2d-prepare" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_plain_arguments_are_refused_naming_them(tiny_tokenizer, tmp_path):
+    """What a notebook user can pass that the YAML path cannot: booleans as head indices, a prompt that is not a
+    text, no examples, no tokens, a negative training time, an adapter applied twice."""
+    model = build_model("llama", tiny_tokenizer)
+    with pytest.raises(ValueError, match=r"`heads` pairs must be \[layer, head\] integers"):
+        api.apply_head_adapter(model, [[True, 0]])
+    with pytest.raises(ValueError, match="Example 0's prompt is NoneType None, not a text"):
+        api.tokenize_examples(tiny_tokenizer, [{"prompt": None, "response": "yes"}])
+    with pytest.raises(ValueError, match="`max_length` must be a whole number of tokens >= 1; got 0"):
+        api.tokenize_examples(tiny_tokenizer, demo_examples(2), max_length=0)
+    with pytest.raises(ValueError, match=r"identify_heads\(\) got no `examples`"):
+        api.identify_heads(model, tiny_tokenizer, [], **STAGE1)
+    with pytest.raises(ValueError, match="`training_seconds` must be a finite number of seconds >= 0; got -5"):
+        api.aer(tmp_path, training_seconds=-5, t_fft=100.0)
+    assert not (tmp_path / "p2d_timings.json").exists()  # refused before anything is written
+    wrapped = api.apply_head_adapter(model, [[0, 1]])
+    with pytest.raises(ValueError, match="already carries a PEFT adapter"):
+        api.apply_head_adapter(wrapped, [[0, 1]])

@@ -176,3 +176,31 @@ def test_one_rule_says_which_key_applies_to_which_run():
     )
     assert lofit["p2d_head_selection"] == "no heads are identified"
     assert uses_p2d({}, "lofit") and uses_p2d({"p2d_aer_estimate_steps": 3}, "lora") and not uses_p2d({}, "lora")
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"p2d_seed": 2**64}, r"`p2d_seed` must be an integer in \[0, 4294967295\]; got 18446744073709551616"),
+        ({"p2d_seed": -1}, r"`p2d_seed` must be an integer in \[0, 4294967295\]; got -1"),
+        ({"p2d_data_ppl_samples": -5}, r"`p2d_data_ppl_samples` must be an integer >= 0 \(0: no perplexity report\)"),
+    ],
+)
+def test_integer_keys_out_of_range_are_refused_for_every_method(keys, message):
+    for selection in ("w1", "random", "gradient"):
+        with pytest.raises(ValueError, match=message):
+            P2DArguments(p2d_head_selection=selection, **keys)
+    P2DArguments(p2d_seed=2**32 - 1, p2d_data_ppl_samples=0)  # the bounds themselves are fine
+
+
+def test_the_smallest_head_ratio_suggested_keeps_one_head():
+    from types import SimpleNamespace
+
+    from p2d_llamafactory.checks import check_head_ratio
+    from p2d_llamafactory.hparams import count_for_ratio
+
+    for heads, refused in ((24, 0.02083), (270, 0.0018), (12, 0.01), (7, 0.07)):
+        with pytest.raises(ValueError, match=r"use a value in \[([0-9.]+), 1\]") as err:
+            check_head_ratio(refused, SimpleNamespace(total_heads=heads))
+        suggested = float(str(err.value).split("[")[1].split(",")[0])
+        assert suggested != refused and count_for_ratio(suggested, heads) == 1

@@ -176,7 +176,7 @@ def identify_heads(
         del other
         _free_memory()
     timings["total_seconds"] = time.perf_counter() - start
-    check_scores(scores, args)
+    check_scores(scores, args, num_selected)
 
     head_set = HeadSet(
         model=inputs.model_name,
@@ -216,15 +216,19 @@ def _train_proxy(
     return train_proxy(model, batches, steps, lr, inputs.progress, args.p2d_fhi_trainable, layout)
 
 
-def check_scores(scores: torch.Tensor, args: P2DArguments) -> None:
-    """Refuse head scores that cannot rank heads (all equal, or not finite), naming the likely cause."""
+def check_scores(scores: torch.Tensor, args: P2DArguments, num_selected: int | None = None) -> None:
+    """Refuse head scores that cannot rank heads (all equal, not finite, or tied across the cut of the
+    ``num_selected`` kept, so that head order would pick), naming the likely cause."""
     method = args.p2d_head_selection
     if not bool(torch.isfinite(scores).all()):
         raise ValueError(
             f"P2D: {method} head scores are not finite (the proxy diverged?); lower `p2d_fhi_lr` "
             f"({args.p2d_fhi_lr:g}) or check the model's weights."
         )
-    if method == "random" or float(scores.max() - scores.min()) > 0.0:
+    if method == "random":
+        return
+    if float(scores.max() - scores.min()) > 0.0:
+        _check_cut(scores, args, num_selected)
         return
     if args.p2d_task_model is not None and method in PROXY_SCORERS:
         cause = f"`p2d_task_model` {args.p2d_task_model!r} has the same attention weights as the base model"
@@ -238,6 +242,26 @@ def check_scores(scores: torch.Tensor, args: P2DArguments) -> None:
     raise ValueError(
         f"P2D: every head scored the same ({float(scores.max()):g}) with `p2d_head_selection: {method}`, so no head "
         f"can be preferred: {cause}. Nothing was trained."
+    )
+
+
+def _check_cut(scores: torch.Tensor, args: P2DArguments, num_selected: int | None) -> None:
+    """The k-th and (k+1)-th highest scores must differ: a tie across the cut would be settled by head order."""
+    flat = scores.flatten().sort(descending=True).values
+    if num_selected is None or not 0 < num_selected < flat.numel() or flat[num_selected - 1] != flat[num_selected]:
+        return
+    value = float(flat[num_selected])
+    tied = int((flat == value).sum())
+    method = args.p2d_head_selection
+    cause = (
+        f"`p2d_temperature` {args.p2d_temperature:g} makes the scoring distributions degenerate on this model"
+        if method in PROXY_SCORERS
+        else "the FHI examples give these heads the same gradient magnitude"
+    )
+    raise ValueError(
+        f"P2D: {tied} heads tie at the {method} score {value:g} across the cut of the {num_selected} to keep, so "
+        f"head order, not the scores, would pick among them: {cause}. Change it, or `p2d_head_ratio`, so that the "
+        "scores decide. Nothing was trained."
     )
 
 

@@ -31,7 +31,7 @@ def run_sft(original, model_args, data_args, training_args, finetuning_args, gen
     if p2d is None or not p2d.uses_p2d:
         return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
     from ..io import OutputDirLock
-    from ..report.timing import AERRequest, P2DTimingCallback
+    from ..report.timing import AERRequest, FiniteLossGuard, P2DTimingCallback
 
     run = P2DRun(model_args, data_args, training_args, p2d)
     request = AERRequest(
@@ -42,12 +42,25 @@ def run_sft(original, model_args, data_args, training_args, finetuning_args, gen
         epochs=training_args.num_train_epochs,
         learning_rate=training_args.learning_rate,
     )
-    callbacks = [*(callbacks or []), P2DTimingCallback(request)]
+    timing = P2DTimingCallback(request)
+    callbacks = [*(callbacks or []), timing]
+    if p2d.finetuning_type in ("p2d_heads", "lofit"):
+        callbacks.append(FiniteLossGuard(_rate_note(p2d, training_args.learning_rate)))
     with opened(run):
         if training_args.process_index != 0:
-            return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
-        with OutputDirLock(training_args.output_dir, command=" ".join(sys.argv)):
-            return original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+            result = original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+        else:
+            with OutputDirLock(training_args.output_dir, command=" ".join(sys.argv)):
+                result = original(model_args, data_args, training_args, finetuning_args, generating_args, callbacks)
+    timing.raise_late_error()  # after LLaMA-Factory saved the model and train_results.json
+    return result
+
+
+def _rate_note(args: P2DArguments, rate: float) -> str:
+    if args.finetuning_type == "lofit":
+        return f"`learning_rate` {rate:.3g}"
+    scale = args.p2d_head_lr_scale  # learning_rate was scaled at parse time
+    return f"{rate:.3g} (`learning_rate` {rate / scale:.3g} x `p2d_head_lr_scale` {scale:g})"
 
 
 def patch_tuner(module: ModuleType) -> None:

@@ -7,6 +7,7 @@ data and epochs). ``p2d_aer.json`` records the inputs so that anyone can recompu
 Torch-free: the offline tools (``p2d-sweep``) read the same files with the same functions.
 """
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,16 @@ def aer_record(
     """The AER both ways: ``aer`` counts every cost of the pipeline that produced the model, including work
     inherited from another run (a heads file's identification); ``aer_this_run`` only what this run paid
     (across its own resumes)."""
-    selection = sum(selection_seconds.values())
     inherited = dict(inherited_seconds or {})
+    times = {**selection_seconds, **inherited, "training_seconds": training_seconds}
+    bad = {key: value for key, value in times.items() if not (math.isfinite(value) and value >= 0)}
+    if bad or not (math.isfinite(t_fft_seconds) and t_fft_seconds > 0):
+        raise ValueError(
+            "P2D: the AER needs finite times >= 0 and a t_FFT > 0; got "
+            + ", ".join(f"{key} {value!r}" for key, value in {**bad, "t_fft_seconds": t_fft_seconds}.items())
+            + "."
+        )
+    selection = sum(selection_seconds.values())
     own = selection + training_seconds
     return {
         "aer": (own + sum(inherited.values())) / t_fft_seconds,

@@ -43,6 +43,9 @@ class P2DTimingCallback(TrainerCallback):
         self.request = request
         self.start: float | None = None
         self.before: float = 0.0  # training seconds of earlier sessions of this run (resumed from a checkpoint)
+        # a failure of the bookkeeping at the end of training: held until the trainer has saved the adapter and
+        # train_results.json, then raised by whoever launched the training (``raise_late_error``)
+        self.late_error: Exception | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
@@ -62,6 +65,25 @@ class P2DTimingCallback(TrainerCallback):
     def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):
         if self.start is None or not state.is_world_process_zero:
             return
+        try:
+            self._record(args, state, train_dataloader)
+        except Exception as err:  # no error after the last step may cost the trained adapter
+            self.late_error = err
+            logger.error(
+                "P2D: recording the training time or the AER failed after training (%s: %s); the trainer saves the "
+                "model first, then the run fails with this error.",
+                type(err).__name__,
+                err,
+            )
+
+    def raise_late_error(self) -> None:
+        """Raise what failed at the end of training, once the trained model is saved."""
+        if self.late_error is not None:
+            raise RuntimeError(
+                f"P2D: the model is saved, but recording the training time or the AER failed: {self.late_error}"
+            ) from self.late_error
+
+    def _record(self, args, state, train_dataloader) -> None:
         training = self.elapsed()
         record_timings(args.output_dir, {"training_seconds": training})
         selection, inherited = split_timings(read_timings(args.output_dir))
@@ -175,3 +197,20 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 4) if math.isfinite(value) else None
     return value
+
+
+class FiniteLossGuard(TrainerCallback):
+    """Stops a run of per-head parameters whose loss stops being finite, naming the rate it trains at: a diverged
+    adapter is refused rather than saved."""
+
+    def __init__(self, rate_note: str) -> None:
+        self.rate_note = rate_note  # e.g. "learning_rate 1e-4 x p2d_head_lr_scale 10 = 1e-3"
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise FloatingPointError(
+                f"P2D: the training loss is {loss} at step {state.global_step}: the head parameters diverged at "
+                f"{self.rate_note}. Lower `learning_rate` or `p2d_head_lr_scale`; the checkpoints saved before "
+                "this step are kept, nothing of this step is saved."
+            )

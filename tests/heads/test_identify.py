@@ -205,6 +205,20 @@ def test_equal_scores_are_refused_naming_the_cause():
     check_scores(torch.tensor([[0.0, 1e-12]]), P2DArguments())  # any difference ranks
 
 
+def test_ties_across_the_cut_are_refused_rather_than_settled_by_head_order():
+    scores = torch.zeros(4, 6, dtype=torch.float64)
+    scores[2, 3] = 0.5  # one head above 23 exact zeros, as a temperature of 1e-300 leaves them
+    with pytest.raises(
+        ValueError, match=r"23 heads tie at the w1 score 0 across the cut of the 6 to keep.*p2d_temperature"
+    ):
+        check_scores(scores, P2DArguments(), 6)
+    check_scores(scores, P2DArguments(), 1)  # the one head above the rest: the scores decide
+    tied = torch.arange(24, dtype=torch.float64).reshape(4, 6)
+    tied[3, 0] = tied[2, 5] = 17.5  # the 6th and 7th highest (18 and 17)
+    with pytest.raises(ValueError, match=r"2 heads tie at the gradient score 17.5 .*same gradient magnitude"):
+        check_scores(tied, P2DArguments(p2d_head_selection="gradient"), 6)
+
+
 def test_a_task_model_that_is_the_base_model_stops_stage_one(tiny_models, tiny_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 

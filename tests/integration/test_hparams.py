@@ -63,7 +63,10 @@ BAD_VALUES = [
     ({"p2d_head_ratio": 0}, r"`p2d_head_ratio` must be in \(0, 1\]"),
     ({"p2d_head_ratio": -0.1}, r"`p2d_head_ratio` must be in \(0, 1\]"),
     ({"p2d_head_ratio": 1.5}, r"`p2d_head_ratio` must be in \(0, 1\]"),
-    ({"p2d_head_ratio": 0.01}, r"`p2d_head_ratio: 0.01` selects 0 of the 12 heads.*\[0.04167, 1\]"),
+    (
+        {"p2d_head_ratio": 0.01},
+        r"`p2d_head_ratio: 0.01` selects 0 of the 12 heads.*\[0.0417, 1\] \(0.0417 keeps 1 head\)",
+    ),
     ({"p2d_head_modules": "q,x"}, r"`p2d_head_modules` takes a comma-separated subset of q, k, v, o"),
     (
         {"finetuning_type": "lora", "p2d_head_modules": "q"},

@@ -62,3 +62,38 @@ def test_head_slices_outside_run_sft_are_refused_by_name():
         RuntimeError, match="launch it with `llamafactory-cli train` \\(init_adapter ran outside run_sft\\)"
     ):
         model.init_adapter(lambda *a: None, None, object(), SimpleNamespace(), args, True)
+
+
+def test_a_failure_after_the_last_step_is_raised_only_after_the_model_is_saved(tmp_path):
+    """The AER reference vanished during training: the trainer still saves, then the run fails naming the cause."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    p2d = P2DFinetuningArguments(finetuning_type="lora", p2d_aer_reference=str(reference))
+    training_args = _training_args(tmp_path / "out")
+    training_args.process_index = 0
+    state = SimpleNamespace(is_world_process_zero=True, global_step=2, log_history=[], max_steps=2)
+
+    def trainer(model_args, data_args, training_args, finetuning_args, generating_args, callbacks):
+        timing = next(c for c in callbacks if type(c).__name__ == "P2DTimingCallback")
+        timing.on_train_begin(training_args, state, None)
+        timing.on_train_end(training_args, state, None)  # the reference has no training time: fails here
+        (tmp_path / "out" / "adapter_model.safetensors").write_text("saved")  # LLaMA-Factory saves after train()
+        return "trained"
+
+    with pytest.raises(RuntimeError, match="the model is saved, but recording the training time or the AER failed"):
+        train.run_sft(trainer, "model", "data", training_args, p2d, "gen")
+    assert (tmp_path / "out" / "adapter_model.safetensors").read_text() == "saved"
+    assert open_run() is None
+
+
+def test_a_diverged_head_run_stops_naming_its_rate():
+    from p2d_llamafactory.report.timing import FiniteLossGuard
+
+    guard = FiniteLossGuard(train._rate_note(P2DFinetuningArguments(finetuning_type="p2d_heads"), 1e-3))
+    state = SimpleNamespace(global_step=5)
+    guard.on_log(None, state, None, logs={"loss": 2.5})  # finite: nothing happens
+    with pytest.raises(
+        FloatingPointError,
+        match=r"loss is nan at step 5: .* at 0.001 \(`learning_rate` 0.0001 x `p2d_head_lr_scale` 10\)",
+    ):
+        guard.on_log(None, state, None, logs={"loss": float("nan")})

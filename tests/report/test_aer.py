@@ -96,3 +96,17 @@ def test_training_time_accumulates_across_resumes(tmp_path):
     assert 41.5 <= saved < 45.0
     callback.on_train_begin(args, SimpleNamespace(global_step=0), None)  # a fresh run starts at 0
     assert callback.before == 0.0
+
+
+def test_the_aer_refuses_times_that_cannot_be_real():
+    from p2d_llamafactory.report.aer import aer_record
+
+    assert aer_record({"data_scoring_seconds": 5.0}, 15.0, 100.0, "measured", {})["aer"] == 0.2
+    for selection, training, t_fft, named in [
+        ({"data_scoring_seconds": -1.0}, 15.0, 100.0, "data_scoring_seconds -1.0"),
+        ({}, float("nan"), 100.0, "training_seconds nan"),
+        ({}, 15.0, 0.0, "t_fft_seconds 0.0"),
+        ({}, 15.0, float("inf"), "t_fft_seconds inf"),
+    ]:
+        with pytest.raises(ValueError, match=f"finite times >= 0 and a t_FFT > 0; got .*{named}"):
+            aer_record(selection, training, t_fft, "measured", {})
