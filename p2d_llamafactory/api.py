@@ -263,7 +263,7 @@ def _as_head_set(heads: Any, layout: AttentionLayout, model_name: str, source: s
     if isinstance(heads, HeadSet):
         head_set = heads
     elif isinstance(heads, (str, Path)):
-        head_set = HeadSet.load(heads)
+        head_set = HeadSet.load(heads, source=source)
     elif isinstance(heads, Sequence) and heads:
         pairs = [tuple(pair) for pair in heads]
         integer = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # True is not head 1

@@ -104,7 +104,7 @@ def reusable_identification(
 def _found_in_this_run(inputs: FHIInputs, args: P2DArguments, layout: AttentionLayout) -> HeadSet:
     """The head set that this run's data selection identified on the full training data (its output dir)."""
     path = Path(inputs.output_dir or ".") / HEADS_FILE
-    head_set = from_rank0(HeadSet.load(path) if rank() == 0 and path.is_file() else None)
+    head_set = from_rank0(HeadSet.load(path, source="output_dir") if rank() == 0 and path.is_file() else None)
     expected = {key: value for key, value in head_identity(args, inputs.model_name, None).items() if key != "fhi_data"}
     found = {key: value for key, value in (head_set.settings if head_set else {}).items() if key != "fhi_data"}
     if head_set is None or found != expected or head_set.shape != layout.shape():
@@ -252,12 +252,17 @@ def _check_cut(scores: torch.Tensor, args: P2DArguments, num_selected: int | Non
         return
     value = float(flat[num_selected])
     tied = int((flat == value).sum())
+    above = int((flat > value).sum())
     method = args.p2d_head_selection
-    cause = (
-        f"`p2d_temperature` {args.p2d_temperature:g} makes the scoring distributions degenerate on this model"
-        if method in PROXY_SCORERS
-        else "the FHI examples give these heads the same gradient magnitude"
-    )
+    if method in PROXY_SCORERS and args.p2d_task_model is not None:
+        cause = f"`p2d_task_model` moves only {above} heads away from the base model's distributions"
+    elif method in PROXY_SCORERS:
+        cause = (
+            f"only {above} heads moved measurably: `p2d_temperature` {args.p2d_temperature:g} may make the scoring "
+            "distributions degenerate on this model, or the proxy trained too little"
+        )
+    else:
+        cause = "the FHI examples give these heads the same gradient magnitude"
     raise ValueError(
         f"P2D: {tied} heads tie at the {method} score {value:g} across the cut of the {num_selected} to keep, so "
         f"head order, not the scores, would pick among them: {cause}. Change it, or `p2d_head_ratio`, so that the "

@@ -146,7 +146,7 @@ def check_adapters(model_args: Any) -> None:
             f"`adapter_name_or_path` holds a P2D adapter, which this base model cannot take: {err}"
         ) from None
     for path, heads_file in found:
-        head_set = HeadSet.load(heads_file)
+        head_set = HeadSet.load(heads_file, source="adapter_name_or_path")
         if head_set.shape != layout.shape():
             raise ValueError(
                 f"`adapter_name_or_path` {path!r} is a P2D adapter of a model shaped {head_set.shape} "

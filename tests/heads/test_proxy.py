@@ -422,7 +422,9 @@ def test_the_preflight_runs_only_where_a_proxy_is_trained(source, fhi, tiny_toke
     elif source == "task_model":
         task = build_model("llama", tiny_tokenizer)
         with torch.no_grad():
-            task.model.layers[1].self_attn.q_proj.weight[16:32] += 0.05
+            task.model.layers[1].self_attn.q_proj.weight[16:32] += 0.05  # three heads move: the top 3 are decided
+            task.model.layers[1].self_attn.q_proj.weight[32:48] += 0.03
+            task.model.layers[0].self_attn.q_proj.weight[0:16] += 0.04
         task.save_pretrained(tmp_path / "task")
         args = dataclasses.replace(args, p2d_task_model=str(tmp_path / "task"))
     elif source != "reuse":
