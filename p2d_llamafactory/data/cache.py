@@ -4,13 +4,14 @@ import json
 import logging
 import os
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
 from ..distributed import from_rank0, rank, world_size
-from ..files import PROGRESS_FILE, SCORES_FILE
+from ..files import PROGRESS_FILE, SCORES_FILE, all_finite, check_regular_file
 from ..hparams import with_later_keys
-from ..io import atomic_write_text, read_json
+from ..io import atomic_write_text
 from .probe import PromptResult
 
 
@@ -27,12 +28,15 @@ def same_selection(recorded: Any, settings: dict[str, Any]) -> bool:
 
 def finished_scores(output_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     """The final scores of an identical earlier run, if any."""
+    from .select import read_scores_file  # the one validated reader of scores files
+
     path = output_dir / SCORES_FILE
     if not path.is_file():
         return None
     try:
-        data = read_json(path)
-    except ValueError:
+        data = read_scores_file(path, "the run's own scores file")
+    except ValueError as err:
+        logger.warning("P2D: %s; scoring again", err)
         return None
     if not same_selection(data.get("settings"), settings):
         logger.info("P2D: %s was made with other settings; scoring again", path)
@@ -97,17 +101,45 @@ class ProbeCheckpoint:
         done: dict[int, Any] = {}
         previous = 0.0
         for path in progress_files(self.output_dir):
-            lines = path.read_text(encoding="utf-8").splitlines()
+            try:
+                check_regular_file(path, "the probing checkpoint")
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (ValueError, UnicodeDecodeError) as err:
+                logger.warning("P2D: ignoring %s: %s", path, err)
+                continue
             header = _parse(lines[0]) if lines else None
             if not (isinstance(header, dict) and same_selection(header.get("settings"), self.settings)):
                 logger.warning("P2D: ignoring %s, it was made with other settings", path)
                 continue
+            bad = 0
             for line in lines[1:]:
                 record = _parse(line)
-                if record is not None:  # a line cut by a kill is simply redone
-                    previous = max(previous, float(record.pop("elapsed", 0.0)))
-                    done[record[self.key]] = self.record_type(**record)
+                unit = self._unit(record)
+                if unit is None:  # a line cut by a kill, or one that is not a record of this run: redone
+                    bad += record is not None
+                    continue
+                previous = max(previous, float(record["elapsed"]))
+                done[record[self.key]] = unit
+            if bad:
+                logger.warning(
+                    "P2D: %d lines of %s are not records of this probing; those units are scored again", bad, path
+                )
         return done, previous
+
+    def _unit(self, record: Any) -> Any:
+        """The finished unit in a checkpoint line, or None where the line is not exactly one (fields, types,
+        finite numbers)."""
+        fields = set(self.record_type.__dataclass_fields__)
+        if not isinstance(record, dict) or set(record) != fields | {"elapsed"} or not all_finite(record):
+            return None
+        elapsed, key = record["elapsed"], record[self.key]
+        if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or elapsed < 0:
+            return None
+        if isinstance(key, bool) or not isinstance(key, int):
+            return None
+        values = {k: v for k, v in record.items() if k != "elapsed"}
+        hints = typing.get_type_hints(self.record_type)
+        return self.record_type(**values) if all(_fits(values[k], hints[k]) for k in values) else None
 
     def append(self, result: Any) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -125,3 +157,12 @@ def _parse(line: str) -> Any:
         return json.loads(line)
     except ValueError:
         return None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type of a record field (int, float, list[int], list[float])."""
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if hint is int else isinstance(value, (int, float)) if hint is float else True

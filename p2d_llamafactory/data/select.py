@@ -12,11 +12,11 @@ from typing import Any
 from torch import nn
 
 from ..distributed import from_rank0, rank
-from ..files import SCORES_FILE
+from ..files import SCORES_FILE, all_finite, read_json_file
 from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
 from ..hparams import count_for_ratio, identity, with_later_keys
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json
 from ..methods import PROBING_SELECTIONS
 from ..tokens import pad_id
 from .baselines import ifd_scores, random_scores
@@ -253,17 +253,65 @@ def _cached_selection(method: str, cached: dict[str, Any]) -> Selection:
     )
 
 
+def read_scores_file(path: str | Path, what: str = "`p2d_data_scores_file`") -> dict[str, Any]:
+    """A scores record (``p2d_data_scores.json``), validated: types, finite numbers, the selected indices distinct
+    and inside the data, one score per example; refused naming ``what``, the path and what is wrong."""
+    record = read_json_file(path, what)
+    where = f"{what} {str(path)!r}"
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ValueError(f"{where} is not a P2D scores file (no `settings`).")
+    n = record.get("num_examples")
+    if not _is_count(n):
+        raise ValueError(f"{where}: `num_examples` must be a whole number >= 0; got {n!r:.40}.")
+    for key in ("selected", "skipped_too_long", "anchors", "uses"):
+        values = record.get(key, [])
+        limit = None if key == "uses" else n
+        if not isinstance(values, list) or not all(_is_count(v) and (limit is None or v < limit) for v in values):
+            raise ValueError(f"{where}: `{key}` must list example indices in [0, {n}); got {values!r:.60}.")
+    selected = record.get("selected")
+    if not selected or len(set(selected)) != len(selected):
+        raise ValueError(f"{where}: `selected` must list distinct example indices, at least one.")
+    scores = record.get("scores")
+    if (
+        not isinstance(scores, list)
+        or len(scores) != n
+        or not all(s is None or (isinstance(s, (int, float)) and not isinstance(s, bool)) for s in scores)
+    ):
+        raise ValueError(f"{where}: `scores` must hold one number (or null) per example, {n} in all.")
+    if not all_finite([scores, record.get("timings", {}), record.get("attention", [])]):
+        raise ValueError(f"{where} holds a number that is not finite (NaN or infinity).")
+    ratio = record["settings"].get("p2d_data_ratio")
+    if isinstance(ratio, (int, float)) and len(selected) > count_for_ratio(ratio, n):
+        raise ValueError(f"{where}: {len(selected)} selected, more than `p2d_data_ratio` {ratio} of {n} keeps.")
+    return record
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _differences(recorded: dict[str, Any], settings: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
+    recorded, settings = with_later_keys(recorded, "selection"), with_later_keys(settings, "selection")
+    return sorted(k for k in {*recorded, *settings} if k not in ignore and recorded.get(k) != settings.get(k))
+
+
+def check_scores_file(path: str, settings: dict[str, Any]) -> None:
+    """Before stage I: ``p2d_data_scores_file`` is a valid scores file made with this run's selection settings,
+    model and data (its heads are compared once stage I has them)."""
+    differ = _differences(read_scores_file(path)["settings"], settings, ignore=("heads",))
+    if differ:
+        raise ValueError(
+            f"`p2d_data_scores_file` {path!r} was made with other selection settings than this run's "
+            f"({', '.join(differ)} differ); point it to a run with the same ones, or leave it out to score again."
+        )
+
+
 def given_scores(path: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The scores record of ``p2d_data_scores_file``, marked as inherited; refused (naming what differs) when it
     was made with other selection settings, model, data or heads than this run's."""
-    try:
-        record = read_json(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"`p2d_data_scores_file` {path!r} cannot be read as a scores file: {err}") from None
-    recorded = record.get("settings") if isinstance(record, dict) else None
-    if not same_selection(recorded, settings):
-        recorded = with_later_keys(recorded, "selection") if isinstance(recorded, dict) else {}
-        differ = sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))
+    record = read_scores_file(path)
+    if not same_selection(record["settings"], settings):
+        differ = _differences(record["settings"], settings)
         raise ValueError(
             f"`p2d_data_scores_file` {path!r} was made with other selection settings than this run's "
             f"({', '.join(differ)} differ); point it to a run with the same ones, or leave it out to score again."

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.prompts import Example, examples_fingerprint
 from ..data.report import sharegpt_record
-from ..data.select import SelectionInputs, check_selection
+from ..data.select import SelectionInputs, check_scores_file, check_selection, selection_settings
 from ..heads.layout import layout_from_config
 from ..pipeline import select_data
 from .heads import find_run_heads, whole_model_loader
@@ -42,11 +42,6 @@ def run_data_selection(run: P2DRun, dataset, template, tokenizer, tokenize: Call
     encode = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
     token_lengths = [encode(ex.prompt) + encode(ex.response) for ex in examples]
     check_selection(args, token_lengths, data_args.cutoff_len)  # before stage I and any model load
-    head_set = None
-    if args.p2d_heads_file or (args.p2d_data_selection == "p2d" and args.finetuning_type == "p2d_heads"):
-        run.tokenizer = tokenizer  # stage I on the full training data, with the run's tokenizer
-        examples_for_fhi = tokenize(dataset) if not args.p2d_heads_file else []
-        head_set = find_run_heads(run, load_model, examples_for_fhi, layout)
     inputs = SelectionInputs(
         examples=examples,
         token_lengths=token_lengths,
@@ -55,12 +50,18 @@ def run_data_selection(run: P2DRun, dataset, template, tokenizer, tokenize: Call
         frame=chat_frame(template, tokenizer),
         load_model=load_model,
         layout=layout,
-        head_set=head_set,
+        head_set=None,  # stage I's, below
         output_dir=Path(run.training_args.output_dir),
         model_name=model_args.model_name_or_path,
         data_fingerprint=examples_fingerprint(examples),
         progress=not run.training_args.disable_tqdm,
     )
+    if args.p2d_data_scores_file:  # another data set's or model's scores: refused before stage I trains a proxy
+        check_scores_file(args.p2d_data_scores_file, selection_settings(args, inputs, None))
+    if args.p2d_heads_file or (args.p2d_data_selection == "p2d" and args.finetuning_type == "p2d_heads"):
+        run.tokenizer = tokenizer  # stage I on the full training data, with the run's tokenizer
+        examples_for_fhi = tokenize(dataset) if not args.p2d_heads_file else []
+        inputs.head_set = find_run_heads(run, load_model, examples_for_fhi, layout)
     frame = inputs.frame
     overhead = len(frame.prefix) + len(frame.suffix) + len(frame.answer_end)
     run.full_data_tokens = sum(min(n + overhead, data_args.cutoff_len) for n in inputs.token_lengths)

@@ -333,3 +333,32 @@ def test_a_dataset_too_small_for_one_probe_prompt_fails_before_any_model_work():
     with pytest.raises(ValueError, match=r"at least 8 usable examples .*got 6.*\(2 of the 8 examples are longer"):
         check_selection(args, [10] * 6 + [999] * 2, max_length=100)
     assert check_selection(P2DArguments(p2d_data_selection="random"), [10] * 6, 100)[0] == 1
+
+
+def test_a_scores_file_is_validated_and_another_data_set_refused_before_stage_one(tmp_path):
+    import json
+
+    from p2d_llamafactory.data.select import check_scores_file, read_scores_file
+
+    settings = {"p2d_data_selection": "p2d", "p2d_data_ratio": 0.5, "model": "tiny", "data": "abc", "heads": None}
+    record = {"settings": {**settings, "heads": {"0": [1]}}, "method": "p2d", "num_examples": 4, "selected": [0, 2]}
+    record.update(scores=[0.5, None, 0.75, 0.1], uses=[1, 1, 1, 1], skipped_too_long=[1], anchors=[], timings={})
+    path = tmp_path / "scores.json"
+    for changes, message in [
+        ({"selected": [0, 7]}, r"`selected` must list example indices in \[0, 4\)"),
+        ({"selected": [-1, 2]}, r"`selected` must list example indices"),
+        ({"selected": [2, 2]}, r"`selected` must list distinct example indices"),
+        ({"scores": [0.5, 0.1]}, r"`scores` must hold one number \(or null\) per example, 4 in all"),
+        ({"selected": [0, 1, 2]}, r"3 selected, more than `p2d_data_ratio` 0.5 of 4 keeps"),
+        ({"settings": "p2d"}, r"is not a P2D scores file"),
+    ]:
+        path.write_text(json.dumps({**record, **changes}))
+        with pytest.raises(ValueError, match=message):
+            read_scores_file(path)
+    path.write_text(json.dumps(record).replace("0.75", "NaN"))
+    with pytest.raises(ValueError, match="NaN is not a number JSON allows"):
+        read_scores_file(path)
+    path.write_text(json.dumps(record))
+    check_scores_file(str(path), settings)  # same selection; its heads are compared once stage I has them
+    with pytest.raises(ValueError, match=r"other selection settings than this run's \(data differ\)"):
+        check_scores_file(str(path), {**settings, "data": "another data set"})
