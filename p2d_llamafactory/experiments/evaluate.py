@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.metrics import exact_match, final_number, resolve_metric, rouge_l
-from ..files import EVAL_FILE, PREDICTIONS_FILE, RUN_FILE
-from ..io import atomic_write_json, read_json
+from ..files import EVAL_FILE, PREDICTIONS_FILE, RUN_FILE, read_record
+from ..io import atomic_write_json
 from ..methods import METRIC_CHOICES, METRICS
 from ..report.aer import read_timings
 
@@ -260,7 +260,7 @@ def comparison_lines(report: dict[str, Any], label_of_baseline: str = "baseline"
         f"  {label_of_baseline:<16}{baseline['score']:6.2f}   {Path(baseline['predictions_file']).parent}",
         f"  {'trained':<16}{report['score']:6.2f}   {run_dir}",
     ]
-    record = read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).is_file() else None
+    record = _run_record(run_dir / RUN_FILE)
     if record:
         lines.append(
             f"  trained {record['heads']} of {record['total_heads']} heads ({','.join(record['head_modules'])} "
@@ -277,6 +277,38 @@ def comparison_lines(report: dict[str, Any], label_of_baseline: str = "baseline"
     if parts:
         lines.append("  time: " + ", ".join(parts))
     return lines
+
+
+_RUN_FIELDS = {
+    "heads": int,
+    "total_heads": int,
+    "head_modules": list,
+    "trainable_params": int,
+    "total_params": int,
+    "trainable_share": float,
+    "learning_rate": float,
+}
+
+
+def _run_record(path: Path) -> dict[str, Any] | None:
+    """The run's p2d_run.json for the summary, or None (with a note) where it is missing a field or has a value of
+    the wrong type: the summary then leaves that line out instead of failing."""
+    record = read_record(path)
+    if record is None:
+        return None
+    wrong = [
+        key
+        for key, kind in _RUN_FIELDS.items()
+        if isinstance(record.get(key), bool)
+        or not isinstance(record.get(key), (int, float) if kind is float else kind)
+    ]
+    if wrong:
+        print(
+            f"p2d-eval: note: {path} lacks or mistypes {', '.join(wrong)}; what the run trained is not shown.",
+            file=sys.stderr,
+        )
+        return None
+    return record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline is not None:
             compare_with_baseline(report, args.baseline, args.references)
         written = write_report(report, args.output)
-    except (EvaluationError, OSError) as err:
+    except (EvaluationError, OSError, ValueError) as err:
         print(f"p2d-eval: error: {err}", file=sys.stderr)
         return 1
     print(f"p2d-eval: {summary_line(report, written)}")

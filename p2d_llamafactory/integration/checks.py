@@ -122,17 +122,24 @@ def check_aer(model_args: Any, finetuning_args: Any) -> None:
     check_aer_reference(finetuning_args)
 
 
-def check_adapters(model_args: Any) -> None:
+def check_adapters(model_args: Any, finetuning_args: Any = None) -> None:
     """A P2D adapter (a folder holding ``p2d_heads.json``) loads only onto a base model of the shape it was made
     for, whatever the finetuning_type: peft itself would merge a 3-layer adapter into a 4-layer model silently."""
 
     from transformers import AutoConfig
 
-    from ..files import HEADS_FILE
+    from ..files import HEADS_FILE, LOFIT_HEADS_FILE
     from ..heads.headset import HeadSet
     from ..heads.layout import UnsupportedModelError, layout_from_config
 
     paths = model_args.adapter_name_or_path or []
+    finetuning_type = getattr(finetuning_args, "finetuning_type", None)
+    for path in paths:
+        if os.path.isfile(os.path.join(path, LOFIT_HEADS_FILE)) and finetuning_type not in (None, "lofit"):
+            raise ValueError(
+                f"`adapter_name_or_path` {path!r} is a LoFiT adapter (it holds {LOFIT_HEADS_FILE}); load or export it "
+                f"with `finetuning_type: lofit`, not {finetuning_type!r}."
+            )
     found = [
         (path, os.path.join(path, HEADS_FILE)) for path in paths if os.path.isfile(os.path.join(path, HEADS_FILE))
     ]

@@ -1,9 +1,11 @@
 """Patches of ``llamafactory.hparams.parser``: the ``p2d_*`` keys and ``finetuning_type: p2d_heads``."""
 
+import contextlib
 import copy
 import logging
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
@@ -162,14 +164,36 @@ def as_lora_for_training(training_args: Any) -> None:
         training_args.ddp_find_unused_parameters = False
 
 
+@contextlib.contextmanager
+def _override_hint(args) -> Iterator[None]:
+    """A parse error of ``llamafactory-cli train run.yaml --key value`` gets the form LLaMA-Factory takes after a
+    YAML path, ``key=value``."""
+    try:
+        yield
+    except ValueError as err:
+        argv = sys.argv[1:] if args is None else []
+        flags = (
+            [item for item in argv[1:] if item.startswith("--")]
+            if argv[:1] and argv[0].endswith((".yaml", ".yml", ".json"))
+            else []
+        )
+        if not flags:
+            raise
+        key = flags[0].lstrip("-").split("=")[0]
+        raise ValueError(
+            f"{err}\nAfter a YAML path LLaMA-Factory takes overrides as key=value: write `{key}=...`, not `{flags[0]} ...`."
+        ) from err
+
+
 def get_train_args(original, args=None):
     """Parse as usual, then run the P2D checks that need the model config, before anything is loaded. A run that
     uses no P2D feature is left as LLaMA-Factory parsed it, and the plugin keeps nothing of it."""
     extend_argument_lists(
         sys.modules[PARSER]
     )  # another extension may have put its own class there after the plugin's patch
-    model_args, data_args, training_args, finetuning_args, generating_args = original(args)
-    check_adapters(model_args)
+    with _override_hint(args):
+        model_args, data_args, training_args, finetuning_args, generating_args = original(args)
+    check_adapters(model_args, finetuning_args)
     p2d = p2d_args(finetuning_args)
     if p2d is None or not p2d.uses_p2d:
         if p2d is not None and training_args.do_train:
@@ -230,7 +254,7 @@ def get_infer_args(original, args=None):
     """Parse as usual; P2D adapters load for chat/export like LoRA adapters."""
     extend_argument_lists(sys.modules[PARSER])
     model_args, data_args, finetuning_args, generating_args = original(args)
-    check_adapters(model_args)
+    check_adapters(model_args, finetuning_args)
     if getattr(finetuning_args, "finetuning_type", None) in HEAD_FINETUNING_TYPES:
         check_model_for_p2d(model_args, finetuning_args, do_train=False)
     return model_args, data_args, finetuning_args, generating_args

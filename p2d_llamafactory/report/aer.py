@@ -7,12 +7,16 @@ data and epochs). ``p2d_aer.json`` records the inputs so that anyone can recompu
 Torch-free: the offline tools (``p2d-sweep``) read the same files with the same functions.
 """
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from ..files import AER_FILE, RUN_FILE, TIMINGS_FILE, read_record
 from ..io import atomic_write_json
+
+
+logger = logging.getLogger(__name__)
 
 
 INHERITED_PREFIX = "inherited_"  # p2d_timings.json keys of costs paid by another run (a heads file's stage I)
@@ -47,7 +51,14 @@ def write_run_record(
 
 
 def read_timings(output_dir: str | Path) -> dict[str, float]:
-    return read_record(Path(output_dir) / TIMINGS_FILE) or {}
+    record = read_record(Path(output_dir) / TIMINGS_FILE) or {}
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    bad = sorted(key for key, value in record.items() if not number(value))
+    if bad:
+        logger.warning(
+            "P2D: %s/%s holds no finite number for %s; those times are ignored.", output_dir, TIMINGS_FILE, bad
+        )
+    return {key: float(value) for key, value in record.items() if key not in bad}
 
 
 def record_timings(output_dir: str | Path, timings: dict[str, float], inherited: bool = False) -> None:

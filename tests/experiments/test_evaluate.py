@@ -299,3 +299,16 @@ def test_a_baseline_on_other_examples_is_refused(tmp_path, capsys):
     assert main([str(run), "--baseline", str(base)]) == 1
     assert "its predictions are for other examples" in capsys.readouterr().err
     assert not (run / EVAL_FILE).exists()  # nothing half-written
+
+
+def test_a_baseline_summary_survives_records_with_missing_or_mistyped_fields(tmp_path, capsys):
+    labels = ["#### 1", "#### 2"]
+    run, base = tmp_path / "run", tmp_path / "base"
+    _write_predictions(run / PREDICTIONS_FILE, _rows(["#### 1", "#### 2"], labels))
+    _write_predictions(base / PREDICTIONS_FILE, _rows(["#### 1", "no"], labels))
+    (run / "p2d_run.json").write_text(json.dumps({"heads": 27, "learning_rate": "fast"}))
+    (run / "p2d_timings.json").write_text(json.dumps({"training_seconds": "long", "head_identification_seconds": 3.0}))
+    assert main([str(run), "--baseline", str(base)]) == 0
+    captured = capsys.readouterr()
+    assert "lacks or mistypes total_heads, head_modules" in captured.err and "learning_rate" in captured.err
+    assert "trained 27" not in captured.out and "time: head identification 3.0 s" in captured.out

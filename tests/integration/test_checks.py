@@ -104,3 +104,18 @@ def test_a_missing_scores_file_is_refused_at_parse_time(make_args, tmp_path):
     with pytest.raises(ValueError, match=r"`p2d_data_scores_file` '.*missing.json' does not exist"):
         parse_train_args(make_args(p2d_data_selection="random", p2d_data_scores_file=str(tmp_path / "missing.json")))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lofit_adapter_loaded_as_another_method_is_refused_with_the_method_to_use(tmp_path):
+    from types import SimpleNamespace
+
+    from p2d_llamafactory.files import LOFIT_HEADS_FILE
+    from p2d_llamafactory.integration.checks import check_adapters
+
+    adapter = tmp_path / "lofit_adapter"
+    adapter.mkdir()
+    (adapter / LOFIT_HEADS_FILE).write_text("{}")
+    model_args = SimpleNamespace(adapter_name_or_path=[str(adapter)], model_name_or_path="unused")
+    with pytest.raises(ValueError, match=r"is a LoFiT adapter .*with `finetuning_type: lofit`, not 'lora'"):
+        check_adapters(model_args, SimpleNamespace(finetuning_type="lora"))
+    check_adapters(model_args, SimpleNamespace(finetuning_type="lofit"))  # its own method: no P2D heads file here

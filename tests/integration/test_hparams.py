@@ -214,3 +214,14 @@ def test_keys_without_effect_warn(make_args, p2d_log):
     p2d_log.clear()
     parse_train_args(make_args(p2d_head_ratio=0.3, p2d_fhi_lr=1e-4))  # p2d_heads: both matter
     assert "no effect" not in p2d_log.text
+
+
+def test_an_override_written_as_a_flag_after_the_yaml_gets_the_key_value_form(make_args, tmp_path, monkeypatch):
+    import yaml
+    from llamafactory.hparams import get_train_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(make_args()))
+    monkeypatch.setattr(sys, "argv", ["llamafactory-cli", str(config), "--p2d_head_ratio", "0.5"])
+    with pytest.raises(ValueError, match=r"write `p2d_head_ratio=...`, not `--p2d_head_ratio ...`"):
+        get_train_args()
