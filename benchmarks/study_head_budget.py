@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--sets", default="w1,bottom_w1,random_s4242,random_s1,random_s2")
     parser.add_argument("--random-seeds", default="4242,1,2")
     parser.add_argument("--label", default="w1", help="name of the top-k set (and of bottom_<label>), e.g. gradient")
-    parser.add_argument("--suffix", default="", help="appended to each run's name, e.g. __test_s4343 for a test-split cell")
+    parser.add_argument(
+        "--suffix", default="", help="appended to each run's name, e.g. __test_s4343 for a test-split cell"
+    )
     parser.add_argument("--collect", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
