@@ -44,7 +44,7 @@ from .checks import check_aer_reference, check_head_ratio, check_head_sources, c
 from .checks import head_learning_rate as _head_learning_rate
 from .data.prompts import ChatFrame, Example, examples_fingerprint
 from .data.report import sharegpt_record
-from .data.select import Selection, SelectionInputs, check_selection
+from .data.select import Selection, SelectionInputs, check_instruction, check_selection
 from .distributed import rank
 from .files import AER_FILE, HEADS_FILE
 from .heads.headset import HeadSet
@@ -332,6 +332,7 @@ def select_data(
     encode = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
     token_lengths = [encode(ex.prompt) + encode(ex.response) for ex in texts]
     check_selection(args, token_lengths, max_length)  # before any model work, as the CLI
+    check_instruction(args, tokenizer, max_length)
     out = _output_dir(output_dir)
     inputs = SelectionInputs(
         examples=texts,

@@ -24,7 +24,7 @@ from .cache import ProbeCheckpoint, finished_scores, progress_files, same_select
 from .metrics import resolve_metric, score_answers
 from .nuggets import NuggetsResult, NuggetsSettings, choose_anchors, frame_turn, nuggets_scores
 from .probe import Prober, ProbeSettings, final_scores, plan_prompts, probe_all
-from .prompts import ChatFrame, Example, task_style
+from .prompts import BUILTIN_STYLES, ChatFrame, Example, task_style
 
 
 logger = logging.getLogger(__name__)
@@ -173,6 +173,29 @@ def check_selection(args, token_lengths: list[int], max_length: int) -> tuple[in
             "lower it or use more data."
         )
     return k, candidates, skipped
+
+
+def check_instruction(args, tokenizer, max_length: int) -> None:
+    """A custom ``p2d_icl_instruction`` must leave room in a probe prompt of ``max_length`` (cutoff_len) tokens for
+    the demonstrations and queries; refused before any model work (a long one would only fail deep in probing, or
+    exhaust memory)."""
+    instruction = args.p2d_icl_instruction
+    if args.p2d_data_selection not in PROBING_SELECTIONS or not instruction or instruction in BUILTIN_STYLES:
+        return
+    tokens = len(tokenizer.encode(instruction, add_special_tokens=False))
+    room = f"for its {args.p2d_icl_demos} demonstrations and {args.p2d_icl_queries} queries"
+    if tokens >= max_length:
+        raise ValueError(
+            f"`p2d_icl_instruction` is {tokens} tokens, more than a probe prompt holds (cutoff_len {max_length}), "
+            f"with no room {room}. Shorten it, or use a built-in one (math, summarization, biomedical, general)."
+        )
+    if tokens >= max_length // 2:
+        logger.warning(
+            "P2D: `p2d_icl_instruction` is %d tokens, half or more of cutoff_len %d: probe prompts leave little room %s.",
+            tokens,
+            max_length,
+            room,
+        )
 
 
 def select_examples(inputs: SelectionInputs, args) -> Selection:

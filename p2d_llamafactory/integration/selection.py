@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.prompts import Example, examples_fingerprint
 from ..data.report import sharegpt_record
-from ..data.select import SelectionInputs, check_scores_file, check_selection, selection_settings
+from ..data.select import SelectionInputs, check_instruction, check_scores_file, check_selection, selection_settings
 from ..heads.layout import layout_from_config
 from ..pipeline import select_data
 from .heads import find_run_heads, whole_model_loader
@@ -42,6 +42,7 @@ def run_data_selection(run: P2DRun, dataset, template, tokenizer, tokenize: Call
     encode = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
     token_lengths = [encode(ex.prompt) + encode(ex.response) for ex in examples]
     check_selection(args, token_lengths, data_args.cutoff_len)  # before stage I and any model load
+    check_instruction(args, tokenizer, data_args.cutoff_len)
     inputs = SelectionInputs(
         examples=examples,
         token_lengths=token_lengths,

@@ -362,3 +362,23 @@ def test_a_scores_file_is_validated_and_another_data_set_refused_before_stage_on
     check_scores_file(str(path), settings)  # same selection; its heads are compared once stage I has them
     with pytest.raises(ValueError, match=r"other selection settings than this run's \(data differ\)"):
         check_scores_file(str(path), {**settings, "data": "another data set"})
+
+
+def test_an_instruction_longer_than_a_probe_prompt_is_refused_before_any_model_work(tiny_tokenizer, p2d_log):
+    from types import SimpleNamespace
+
+    from p2d_llamafactory.data.select import check_instruction
+
+    args = SimpleNamespace(
+        p2d_data_selection="p2d", p2d_icl_instruction="word " * 300, p2d_icl_demos=5, p2d_icl_queries=3
+    )
+    with pytest.raises(
+        ValueError, match=r"`p2d_icl_instruction` is \d+ tokens, more than a probe prompt holds \(cutoff_len 64\)"
+    ):
+        check_instruction(args, tiny_tokenizer, 64)
+    check_instruction(args, tiny_tokenizer, 10_000)  # fits
+    tokens = len(tiny_tokenizer.encode(args.p2d_icl_instruction, add_special_tokens=False))
+    check_instruction(args, tiny_tokenizer, tokens + 1)  # fits, barely: a warning
+    assert f"half or more of cutoff_len {tokens + 1}" in p2d_log.text
+    args.p2d_icl_instruction, args.p2d_data_selection = "word " * 300, "ifd"
+    check_instruction(args, tiny_tokenizer, 64)  # no probing: the instruction is unused
