@@ -18,6 +18,7 @@ from peft import PeftModel
 from torch import nn
 
 from .adapter import apply_head_slices, count_slice_params, save_head_set_with_adapter
+from .adapter.config import slice_targets
 from .data.report import write_selection_report
 from .data.select import Selection, SelectionInputs, select_examples
 from .distributed import from_rank0, rank
@@ -139,6 +140,45 @@ def select_data(
 # --- stage III ------------------------------------------------------------------------------------------------------
 
 
+def check_resumed_heads(
+    checkpoint: str | Path | None,
+    head_set: HeadSet,
+    file_name: str,
+    layout: AttentionLayout | None = None,
+    modules: tuple[str, ...] = (),
+) -> None:
+    """A resumed run must train what its checkpoint trained: the same heads (and slices), else the optimizer state
+    and the adapter would mix two head sets. Refused naming both."""
+    if checkpoint is None:
+        return
+    path = Path(checkpoint) / file_name
+    if not path.is_file():
+        raise ValueError(
+            f"`resume_from_checkpoint` {str(checkpoint)!r} has no {file_name}: it was not saved by a run of this "
+            "method, so what it trained cannot be checked against this run's heads. Start from the base model."
+        )
+    saved = HeadSet.load(path, source="resume_from_checkpoint")
+    if sorted(saved.selected) != sorted(head_set.selected):
+        only_saved = sorted(set(saved.selected) - set(head_set.selected))
+        only_now = sorted(set(head_set.selected) - set(saved.selected))
+        raise ValueError(
+            f"`resume_from_checkpoint` {str(checkpoint)!r} trained other heads than this run selects (only there: "
+            f"{[list(h) for h in only_saved][:5]}; only now: {[list(h) for h in only_now][:5]}): a setting that "
+            "picks the heads changed since. Resume with the settings of the checkpoint's run, or start afresh with "
+            "`overwrite_output_dir: true`."
+        )
+    if layout is not None and modules:
+        from peft import LoraConfig
+
+        targets = LoraConfig.from_pretrained(str(checkpoint)).target_modules
+        wanted = {target.module for target in slice_targets(layout, head_set.selected, modules)}
+        if targets is not None and set(targets) != wanted:
+            raise ValueError(
+                f"`resume_from_checkpoint` {str(checkpoint)!r} trained other slices than `p2d_head_modules` "
+                f"{','.join(modules)} asks for; resume with the checkpoint's slices or start afresh."
+            )
+
+
 def adapt_heads(
     model: nn.Module,
     layout: AttentionLayout,
@@ -183,6 +223,7 @@ def adapt_lofit(
     out: Output,
     learning_rate: float,
     pure_bf16: bool = False,
+    resume_from_checkpoint: str | None = None,
 ) -> PeftModel:
     """LoFiT: step 1 ranks the heads on ``examples`` (once, on rank 0; an identical earlier step 1 of this run is
     reused), step 2's set-up returns a PeftModel training only the biases of the top ``p2d_head_ratio`` heads."""
@@ -197,6 +238,7 @@ def adapt_lofit(
             model, examples, collate, layout, args, batch_size, model_name, output_dir, out.progress
         )
     head_set = from_rank0(head_set)
+    check_resumed_heads(resume_from_checkpoint, head_set, LOFIT_HEADS_FILE)
     trainable = count_bias_params(layout, head_set.selected)
     logger.info(
         "LoFiT: training the biases v of %d of %d heads: %d weights (the trainable count that follows includes the "

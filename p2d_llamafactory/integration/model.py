@@ -3,7 +3,8 @@
 import logging
 from types import ModuleType
 
-from ..pipeline import adapt_heads, adapt_lofit
+from ..files import HEADS_FILE
+from ..pipeline import adapt_heads, adapt_lofit, check_resumed_heads
 from . import wrap
 from .heads import find_run_heads, run_output, whole_model_loader
 from .run import P2DRun, open_run
@@ -36,6 +37,7 @@ def setup_p2d_heads(model, model_args, finetuning_args):
     examples = run.train_dataset if run.train_dataset is not None else []
     found = finetuning_args.p2d_data_selection == "p2d"  # data selection identified them on all data
     head_set = find_run_heads(run, fhi_model, examples, layout, found_in_this_run=found)
+    check_resumed_heads(_resumed_checkpoint(run), head_set, HEADS_FILE, layout, finetuning_args.head_modules)
     rate = run.training_args.learning_rate  # the slices' rate (learning_rate x p2d_head_lr_scale, set at parse time)
     return adapt_heads(model, layout, head_set, finetuning_args, run_output(run), rate, finetuning_args.pure_bf16)
 
@@ -58,7 +60,18 @@ def setup_lofit(model, model_args, finetuning_args):
         run_output(run),
         training_args.learning_rate,
         finetuning_args.pure_bf16,
+        _resumed_checkpoint(run),
     )
+
+
+def _resumed_checkpoint(run: P2DRun) -> str | None:
+    """The checkpoint this run resumes from (LLaMA-Factory sets the last one of an existing output dir), if any."""
+    checkpoint = run.training_args.resume_from_checkpoint
+    if checkpoint is True or str(checkpoint).lower() == "true":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(run.training_args.output_dir)
+    return checkpoint or None
 
 
 def load_lofit(model, model_args):
