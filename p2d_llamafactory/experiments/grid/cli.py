@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from ...io import atomic_write_text
+from ..errors import reported
 from .render import generate, stale_files
 from .spec import GridSpecError, load_spec
 
@@ -46,6 +47,10 @@ def _check(problems: list[tuple[str, str]], output_dir: Path, spec: str, count: 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``p2d-grid``; returns the exit code (0 ok, 1 --check found drift, 2 bad spec)."""
     args = _parser().parse_args(argv)
+    return reported("p2d-grid", lambda: _grid(args))
+
+
+def _grid(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     try:
         spec = load_spec(args.spec)

@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import reported
 from .runner import CLI_ENV, EVAL_ENV, SweepOutcome, _command, run_sweep
 from .runs import SweepError, is_finished, load_runs
 from .tables import write_report
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``p2d-sweep``: 0 done, 1 a run failed or could not start, 2 bad input."""
     args = _parser().parse_args(argv)
+    return reported("p2d-sweep", lambda: _sweep(args))
+
+
+def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run and args.collect_only:
         print("p2d-sweep: error: --dry-run and --collect-only exclude each other.", file=sys.stderr)
         return 2
