@@ -83,6 +83,29 @@ def all_finite(value: Any) -> bool:
     return True
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json")
+
+
+def model_fingerprint(path: str | Path | None) -> str | None:
+    """What identifies a local model folder's content, cheaply: its ``config.json`` bytes and the name, size and
+    modification time of its weight and index files (a model replaced in place changes it; a copy does too). None
+    for anything that is not a local folder (a hub name)."""
+    import hashlib
+
+    if path is None or not os.path.isdir(path):
+        return None
+    digest = hashlib.sha256()
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if not entry.is_file() or not entry.name.endswith(WEIGHT_SUFFIXES):
+            continue
+        info = entry.stat()
+        digest.update(f"{entry.name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+        if entry.name == "config.json":
+            with open(entry.path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def read_record(path: str | Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when it is missing or not one; a file that exists but cannot be read
     as one (not a regular file, not UTF-8, not standard JSON, NaN) is also None, with a warning naming it."""

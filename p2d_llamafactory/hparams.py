@@ -501,6 +501,25 @@ def with_later_keys(recorded: dict[str, Any], name: str) -> dict[str, Any]:
     return {**{key: default_of(key) for key in identity_keys(name) if key not in recorded}, **recorded}
 
 
+FINGERPRINT_KEYS = ("model_files", "task_model_files")  # content fingerprints of the models a result was made from
+
+
+def same_identity(recorded: Any, settings: dict[str, Any], name: str, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether a recorded stage identity is ``settings`` (identity keys declared since it was written read as their
+    defaults; a record written before models were fingerprinted is matched without the fingerprints, by path as
+    then); ``ignore``: keys left out of the comparison."""
+    return not identity_differences(recorded, settings, name, ignore) if isinstance(recorded, dict) else False
+
+
+def identity_differences(
+    recorded: dict[str, Any], settings: dict[str, Any], name: str, ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """The keys on which a recorded stage identity and ``settings`` differ (see :func:`same_identity`)."""
+    recorded, settings = with_later_keys(recorded, name), with_later_keys(settings, name)
+    skip = {*ignore, *(key for key in FINGERPRINT_KEYS if key not in recorded)}
+    return sorted(k for k in {*recorded, *settings} if k not in skip and recorded.get(k) != settings.get(k))
+
+
 def default_of(key: str, cls: type | None = None) -> Any:
     """The declared default of a ``p2d_*`` key."""
     for f in p2d_fields(cls):

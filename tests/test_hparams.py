@@ -141,7 +141,7 @@ def test_changing_any_stage_two_identity_field_invalidates_reuse(key, tmp_path):
     heads = {0: [1, 2]}
     base = WithNewKnob(p2d_data_selection="p2d")
     settings = selection_settings(base, _selection_inputs(), heads)
-    atomic_write_json(tmp_path / SCORES_FILE, {"settings": settings, "selected": [0]})
+    atomic_write_json(tmp_path / SCORES_FILE, _scores_file(settings))
     assert finished_scores(tmp_path, settings) is not None  # identical: reused
     changed = dataclasses.replace(base, **{key: OTHER_VALUES[key]})
     assert finished_scores(tmp_path, selection_settings(changed, _selection_inputs(), heads)) is None
@@ -150,7 +150,7 @@ def test_changing_any_stage_two_identity_field_invalidates_reuse(key, tmp_path):
 def test_changing_a_non_identity_field_keeps_reuse(tmp_path):
     base = WithNewKnob(p2d_data_selection="p2d")
     settings = selection_settings(base, _selection_inputs(), None)
-    atomic_write_json(tmp_path / SCORES_FILE, {"settings": settings, "selected": [0]})
+    atomic_write_json(tmp_path / SCORES_FILE, _scores_file(settings))
     changed = dataclasses.replace(base, p2d_icl_batch_size=16, p2d_data_ppl_samples=0, p2d_head_modules="all")
     assert finished_scores(tmp_path, selection_settings(changed, _selection_inputs(), None)) is not None
     assert _head_set(base, tmp_path) == plan_identification(EXAMPLES, changed, "tiny")[1]
@@ -204,3 +204,8 @@ def test_the_smallest_head_ratio_suggested_keeps_one_head():
             check_head_ratio(refused, SimpleNamespace(total_heads=heads))
         suggested = float(str(err.value).split("[")[1].split(",")[0])
         assert suggested != refused and count_for_ratio(suggested, heads) == 1
+
+
+def _scores_file(settings):
+    """A complete scores record (what a finished selection writes) with these settings."""
+    return {"settings": settings, "method": "p2d", "num_examples": 10, "selected": [0], "scores": [1.0] + [0.5] * 9}

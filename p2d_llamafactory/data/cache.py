@@ -10,7 +10,7 @@ from typing import Any
 
 from ..distributed import from_rank0, rank, world_size
 from ..files import PROGRESS_FILE, SCORES_FILE, all_finite, check_regular_file
-from ..hparams import with_later_keys
+from ..hparams import same_identity
 from ..io import atomic_write_text
 from .probe import PromptResult
 
@@ -19,11 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def same_selection(recorded: Any, settings: dict[str, Any]) -> bool:
-    """Whether a recorded selection identity is ``settings`` (keys declared since it was written at their
-    defaults)."""
-    return isinstance(recorded, dict) and with_later_keys(recorded, "selection") == with_later_keys(
-        settings, "selection"
-    )
+    """Whether a recorded selection identity is ``settings`` (see ``hparams.same_identity``)."""
+    return same_identity(recorded, settings, "selection")
 
 
 def finished_scores(output_dir: Path, settings: dict[str, Any]) -> dict[str, Any] | None:

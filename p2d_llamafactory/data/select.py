@@ -12,10 +12,10 @@ from typing import Any
 from torch import nn
 
 from ..distributed import from_rank0, rank
-from ..files import SCORES_FILE, all_finite, read_json_file
+from ..files import SCORES_FILE, all_finite, model_fingerprint, read_json_file
 from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
-from ..hparams import count_for_ratio, identity, with_later_keys
+from ..hparams import count_for_ratio, identity, identity_differences
 from ..io import atomic_write_json
 from ..methods import PROBING_SELECTIONS
 from ..tokens import pad_id
@@ -105,6 +105,7 @@ def selection_settings(args, inputs: SelectionInputs, heads: dict[int, list[int]
     return {
         **identity(args, "selection"),
         "model": inputs.model_name,
+        "model_files": model_fingerprint(inputs.model_name),
         "data": inputs.data_fingerprint,
         "heads": heads_json,
         "max_length": inputs.max_length,
@@ -314,8 +315,7 @@ def _is_count(value: Any) -> bool:
 
 
 def _differences(recorded: dict[str, Any], settings: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[str]:
-    recorded, settings = with_later_keys(recorded, "selection"), with_later_keys(settings, "selection")
-    return sorted(k for k in {*recorded, *settings} if k not in ignore and recorded.get(k) != settings.get(k))
+    return identity_differences(recorded, settings, "selection", ignore)
 
 
 def check_scores_file(path: str, settings: dict[str, Any]) -> None:

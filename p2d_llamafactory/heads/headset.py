@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import HEADS_FILE, all_finite, read_json_file
-from ..hparams import with_later_keys
+from ..hparams import same_identity
 from ..io import atomic_write_json
 from .layout import AttentionLayout
 
@@ -164,6 +164,6 @@ def reusable_head_set(path: Path, settings: dict[str, Any], layout: AttentionLay
         previous = HeadSet.load(path)
     except ValueError:
         return None
-    if with_later_keys(previous.settings, identity) != settings or previous.shape != layout.shape():
+    if not same_identity(previous.settings, settings, identity) or previous.shape != layout.shape():
         return None
     return previous

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..distributed import from_rank0, rank, shard, sum_over_ranks, world_size
-from ..files import HEADS_FILE, HEATMAP_FILE
-from ..hparams import P2DArguments, count_for_ratio, identity
+from ..files import HEADS_FILE, HEATMAP_FILE, model_fingerprint
+from ..hparams import P2DArguments, count_for_ratio, identity, same_identity
 from ..methods import DATA_SCORERS, PROXY_SCORERS
 from ..models import load_causal_lm
 from ..tokens import count_label_tokens
@@ -69,7 +69,8 @@ def _needs_data(args: P2DArguments) -> bool:
 
 def head_identity(args: P2DArguments, model_name: str, fingerprint: str | None) -> dict[str, Any]:
     """What identifies a stage I result: every ``heads`` identity field, the model and the FHI data."""
-    return {**identity(args, "heads"), "model": model_name, "fhi_data": fingerprint}
+    files = {"model_files": model_fingerprint(model_name), "task_model_files": model_fingerprint(args.p2d_task_model)}
+    return {**identity(args, "heads"), "model": model_name, **files, "fhi_data": fingerprint}
 
 
 def plan_identification(
@@ -105,9 +106,13 @@ def _found_in_this_run(inputs: FHIInputs, args: P2DArguments, layout: AttentionL
     """The head set that this run's data selection identified on the full training data (its output dir)."""
     path = Path(inputs.output_dir or ".") / HEADS_FILE
     head_set = from_rank0(HeadSet.load(path, source="output_dir") if rank() == 0 and path.is_file() else None)
-    expected = {key: value for key, value in head_identity(args, inputs.model_name, None).items() if key != "fhi_data"}
-    found = {key: value for key, value in (head_set.settings if head_set else {}).items() if key != "fhi_data"}
-    if head_set is None or found != expected or head_set.shape != layout.shape():
+    expected = head_identity(args, inputs.model_name, None)
+    found = head_set.settings if head_set else None
+    if (
+        head_set is None
+        or not same_identity(found, expected, "heads", ("fhi_data",))
+        or head_set.shape != layout.shape()
+    ):
         raise RuntimeError(
             f"P2D: data selection should have identified this run's heads in {path}, but that file is missing or "
             "was made with other settings; rerun the training."

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..files import LOFIT_HEADS_FILE
+from ..files import LOFIT_HEADS_FILE, model_fingerprint
 from ..hparams import count_for_ratio, default_of, identity
 from .headset import HeadSet, reusable_head_set
 from .identify import tokenized_fingerprint
@@ -135,7 +135,8 @@ def train_head_scalings(
 
 def lofit_identity(args: Any, model_name: str, fingerprint: str, batch_size: int) -> dict[str, Any]:
     """What identifies a step 1 result: the ``lofit`` identity keys, the model, the data and the batch size."""
-    return {**identity(args, "lofit"), "model": model_name, "data": fingerprint, "batch_size": batch_size}
+    files = {"model_files": model_fingerprint(model_name)}
+    return {**identity(args, "lofit"), "model": model_name, **files, "data": fingerprint, "batch_size": batch_size}
 
 
 def select_lofit_heads(
