@@ -106,6 +106,23 @@ def model_fingerprint(path: str | Path | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
+MERGED_KEY = "p2d_merged_adapters"  # in an exported model's config.json: the P2D adapters merged into it
+
+
+def adapter_digest(folder: str | Path) -> str | None:
+    """What identifies a saved adapter's weights: a hash of its ``adapter_model.safetensors`` (None without one)."""
+    import hashlib
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def read_record(path: str | Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when it is missing or not one; a file that exists but cannot be read
     as one (not a regular file, not UTF-8, not standard JSON, NaN) is also None, with a warning naming it."""

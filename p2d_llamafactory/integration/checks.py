@@ -128,7 +128,7 @@ def check_adapters(model_args: Any, finetuning_args: Any = None) -> None:
 
     from transformers import AutoConfig
 
-    from ..files import HEADS_FILE, LOFIT_HEADS_FILE
+    from ..files import HEADS_FILE, LOFIT_HEADS_FILE, MERGED_KEY, adapter_digest
     from ..heads.headset import HeadSet
     from ..heads.layout import UnsupportedModelError, layout_from_config
 
@@ -143,9 +143,20 @@ def check_adapters(model_args: Any, finetuning_args: Any = None) -> None:
     found = [
         (path, os.path.join(path, HEADS_FILE)) for path in paths if os.path.isfile(os.path.join(path, HEADS_FILE))
     ]
-    if not found:
+    lofit = [path for path in paths if os.path.isfile(os.path.join(path, LOFIT_HEADS_FILE))]
+    if not found and not lofit:
         return
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    merged = getattr(config, MERGED_KEY, None) or []
+    for path in [*(path for path, _ in found), *lofit]:
+        if adapter_digest(path) in merged:
+            raise ValueError(
+                f"`adapter_name_or_path` {path!r} is already merged into `model_name_or_path` "
+                f"{model_args.model_name_or_path!r} (exported from it): loading it again would apply its update twice. "
+                "Use the merged model alone, or the adapter on the base model it was trained on."
+            )
+    if not found:
+        return
     try:
         layout = layout_from_config(config)
     except UnsupportedModelError as err:

@@ -1,9 +1,10 @@
 """Patches of ``llamafactory.model.adapter``: build the P2D head-slice adapter in ``init_adapter``."""
 
 import logging
+import os
 from types import ModuleType
 
-from ..files import HEADS_FILE
+from ..files import HEADS_FILE, LOFIT_HEADS_FILE, MERGED_KEY, adapter_digest
 from ..pipeline import adapt_heads, adapt_lofit, check_resumed_heads
 from . import wrap
 from .heads import find_run_heads, run_output, whole_model_loader
@@ -101,14 +102,31 @@ def init_adapter(original, config, model, model_args, finetuning_args, is_traina
     if finetuning_type == "lofit":
         if is_trainable:
             return setup_lofit(model, model_args, finetuning_args)
-        return load_lofit(model, model_args)
+        return _mark_merged(load_lofit(model, model_args), model_args)
     if finetuning_type != "p2d_heads":
-        return original(config, model, model_args, finetuning_args, is_trainable)
+        return _mark_merged(original(config, model, model_args, finetuning_args, is_trainable), model_args)
     if not is_trainable:
         from .hparams import as_lora  # not at import time: this module may load before llamafactory.hparams
 
-        return original(config, model, model_args, as_lora(finetuning_args), is_trainable)
+        return _mark_merged(original(config, model, model_args, as_lora(finetuning_args), is_trainable), model_args)
     return setup_p2d_heads(model, model_args, finetuning_args)
+
+
+def _mark_merged(model, model_args):
+    """An export (``export_dir``) records in the merged model's config which P2D adapters it holds, so that merging
+    one of them into it again (its update applied twice) is refused (``integration.checks.check_adapters``)."""
+    if not getattr(model_args, "export_dir", None) or getattr(model, "config", None) is None:
+        return model
+    adapters = [path for path in model_args.adapter_name_or_path or [] if _is_p2d_adapter(path)]
+    digests = [digest for digest in map(adapter_digest, adapters) if digest is not None]
+    if digests:
+        merged = list(getattr(model.config, MERGED_KEY, None) or [])
+        setattr(model.config, MERGED_KEY, [*merged, *(d for d in digests if d not in merged)])
+    return model
+
+
+def _is_p2d_adapter(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in (HEADS_FILE, LOFIT_HEADS_FILE))
 
 
 def patch_adapter(module: ModuleType) -> None:

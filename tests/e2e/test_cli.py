@@ -80,6 +80,21 @@ def test_stock_export_chat_loading_and_plain_peft_reproduce_the_trained_model(tr
         assert diff <= 1e-5, f"{name}: {diff}"
 
 
+def test_an_adapter_merged_by_an_export_is_refused_on_the_merged_model(trained):
+    """Exporting onto a model that already holds the adapter would apply its update twice (stock LoRA does so
+    silently): the export records what it merged, and loading the adapter onto the result is refused."""
+    from llamafactory.hparams import get_infer_args
+
+    out, root, base_dir = trained["out"], trained["root"], trained["model"]
+    export = adapter_config(base_dir, out, "p2d_heads", export_dir=str(root / "merged_p2d"))
+    run_cli("export", str(write_yaml(root / "export_p2d.yaml", export)), cwd=root)
+    assert json.loads((root / "merged_p2d" / "config.json").read_text())["p2d_merged_adapters"]
+    again = {**export, "model_name_or_path": str(root / "merged_p2d"), "export_dir": str(root / "twice")}
+    with pytest.raises(ValueError, match=r"is already merged into `model_name_or_path` .*apply its update twice"):
+        get_infer_args(again)
+    get_infer_args({**export, "export_dir": str(root / "again_from_base")})  # onto its base model: fine
+
+
 def test_resume_from_checkpoint_matches_the_uninterrupted_run(trained):
     log, resumed = resume_run(trained, (HEADS_FILE,))
     assert "Resuming training from" in log
