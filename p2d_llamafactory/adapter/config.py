@@ -75,3 +75,22 @@ def lora_config(targets: list[SliceTarget]) -> LoraConfig:
         bias="none",
         inference_mode=False,
     )
+
+
+def matching_slices(layout: AttentionLayout, selected: list[tuple[int, int]], config: dict) -> tuple[str, ...] | None:
+    """The ``p2d_head_modules`` whose head slices of ``selected`` give exactly the saved adapter ``config``'s target
+    modules and ranks (its ``adapter_config.json``), or None where no choice does (an edited config or heads file)."""
+    import itertools
+
+    targets, ranks = config.get("target_modules"), config.get("rank_pattern") or {}
+    if not isinstance(targets, list) or not isinstance(ranks, dict):
+        return None
+    names = ("q", "k", "v", "o")
+    for count in range(1, len(names) + 1):
+        for modules in itertools.combinations(names, count):
+            expected = slice_targets(layout, selected, modules)
+            if sorted(t.module for t in expected) == sorted(targets) and all(
+                ranks.get(re.escape(t.module)) == t.rank for t in expected
+            ):
+                return modules
+    return None

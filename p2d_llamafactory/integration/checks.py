@@ -128,7 +128,8 @@ def check_adapters(model_args: Any, finetuning_args: Any = None) -> None:
 
     from transformers import AutoConfig
 
-    from ..files import HEADS_FILE, LOFIT_HEADS_FILE, MERGED_KEY, adapter_digest
+    from ..adapter.config import matching_slices
+    from ..files import HEADS_FILE, LOFIT_HEADS_FILE, MERGED_KEY, adapter_digest, read_record
     from ..heads.headset import HeadSet
     from ..heads.layout import UnsupportedModelError, layout_from_config
 
@@ -170,4 +171,10 @@ def check_adapters(model_args: Any, finetuning_args: Any = None) -> None:
                 f"`adapter_name_or_path` {path!r} is a P2D adapter of a model shaped {head_set.shape} "
                 f"({head_set.model or 'unknown'}); `model_name_or_path` {model_args.model_name_or_path!r} is shaped "
                 f"{layout.shape()}. Load it onto the base model it was trained on."
+            )
+        adapter_config = read_record(os.path.join(path, "adapter_config.json"))  # without one peft refuses it
+        if adapter_config is not None and matching_slices(layout, head_set.selected, adapter_config) is None:
+            raise ValueError(
+                f"`adapter_name_or_path` {path!r}: its adapter_config.json (target modules and ranks) does not match "
+                f"the head slices of its {HEADS_FILE}: one of the two was edited. Use the folder as the run saved it."
             )

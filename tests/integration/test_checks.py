@@ -106,7 +106,7 @@ def test_a_missing_scores_file_is_refused_at_parse_time(make_args, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_lofit_adapter_loaded_as_another_method_is_refused_with_the_method_to_use(tmp_path):
+def test_a_lofit_adapter_loaded_as_another_method_is_refused_with_the_method_to_use(tiny_models, tmp_path):
     from types import SimpleNamespace
 
     from p2d_llamafactory.files import LOFIT_HEADS_FILE
@@ -115,7 +115,40 @@ def test_a_lofit_adapter_loaded_as_another_method_is_refused_with_the_method_to_
     adapter = tmp_path / "lofit_adapter"
     adapter.mkdir()
     (adapter / LOFIT_HEADS_FILE).write_text("{}")
-    model_args = SimpleNamespace(adapter_name_or_path=[str(adapter)], model_name_or_path="unused")
+    model_args = SimpleNamespace(
+        adapter_name_or_path=[str(adapter)], model_name_or_path=str(tiny_models["llama"]), trust_remote_code=False
+    )
     with pytest.raises(ValueError, match=r"is a LoFiT adapter .*with `finetuning_type: lofit`, not 'lora'"):
         check_adapters(model_args, SimpleNamespace(finetuning_type="lora"))
-    check_adapters(model_args, SimpleNamespace(finetuning_type="lofit"))  # its own method: no P2D heads file here
+    check_adapters(model_args, SimpleNamespace(finetuning_type="lofit"))  # its own method
+
+
+def test_an_adapter_whose_config_or_heads_file_was_edited_is_refused(tiny_models, tiny_tokenizer, tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from p2d_llamafactory.heads.headset import HeadSet
+    from p2d_llamafactory.heads.layout import find_attention_layout
+    from p2d_llamafactory.hparams import P2DArguments
+    from p2d_llamafactory.integration.checks import check_adapters
+    from p2d_llamafactory.pipeline import Output, adapt_heads
+    from tests.helpers.tiny import build_model
+
+    model = build_model("llama", tiny_tokenizer)
+    layout = find_attention_layout(model)
+    head_set = HeadSet("tiny", layout.shape(), "given", 0, 0.25, [], [(0, 1), (2, 3)])
+    adapt_heads(model, layout, head_set, P2DArguments(), Output(None), None).save_pretrained(tmp_path / "adapter")
+    model_args = SimpleNamespace(
+        adapter_name_or_path=[str(tmp_path / "adapter")],
+        model_name_or_path=str(tiny_models["llama"]),
+        trust_remote_code=False,
+    )
+    check_adapters(model_args, SimpleNamespace(finetuning_type="lora"))  # as saved: loads
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["target_modules"] = config["target_modules"][1:]  # one target module removed by hand
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"adapter_config.json \(target modules and ranks\) does not match the head slices"
+    ):
+        check_adapters(model_args, SimpleNamespace(finetuning_type="lora"))
