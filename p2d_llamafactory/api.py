@@ -40,7 +40,13 @@ import torch
 from torch import nn
 
 from . import pipeline
-from .checks import check_aer_reference, check_head_ratio, check_head_sources, check_output_dir
+from .checks import (
+    check_aer_reference,
+    check_head_ratio,
+    check_head_sources,
+    check_output_dir,
+    check_quantized_base,
+)
 from .checks import head_learning_rate as _head_learning_rate
 from .data.prompts import ChatFrame, Example, examples_fingerprint
 from .data.report import sharegpt_record
@@ -51,6 +57,7 @@ from .heads.headset import HeadSet
 from .heads.layout import AttentionLayout, find_attention_layout
 from .hparams import HEAD_LR_SCALE, P2DArguments, identity_keys, keys_of_concern, p2d_keys
 from .io import OutputDirLock, atomic_write_json
+from .models import is_quantized
 from .report.aer import aer_record, read_timings, record_timings
 from .report.aer import reference_training_seconds as _reference_training_seconds
 
@@ -250,6 +257,8 @@ def identify_heads(
     layout = find_attention_layout(model)
     check_head_ratio(args.p2d_head_ratio, layout)
     check_head_sources(args, model.config, layout)
+    if is_quantized(model):
+        check_quantized_base(args)
     out = _output_dir(output_dir)
     rows = tokenize_examples(tokenizer, examples, max_length, system)
     name = _model_name(model, model_name)

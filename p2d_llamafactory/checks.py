@@ -59,6 +59,25 @@ def check_head_sources(args: Any, config: Any, layout: Any) -> None:
         )
 
 
+def check_quantized_base(args: Any) -> None:
+    """Stage I on a base quantized by bitsandbytes: refused where it would need full-precision weights of the whole
+    model (the `all` proxy) or of the base next to a task model."""
+    from .heads.proxy import QUANTIZED_ALL
+    from .methods import PROXY_SCORERS
+
+    if args.p2d_heads_file is not None:
+        return
+    if args.p2d_task_model is not None:
+        raise ValueError(
+            "`p2d_task_model` is compared with the base model's full-precision weights, which a base quantized by "
+            "bitsandbytes (`quantization_bit`) does not have: their quantization error would swamp the task's "
+            "changes. Score the task model's heads on the unquantized base and give that p2d_heads.json as "
+            "`p2d_heads_file`."
+        )
+    if args.p2d_head_selection in PROXY_SCORERS and args.p2d_fhi_trainable == "all":
+        raise ValueError(QUANTIZED_ALL)
+
+
 def check_aer_reference(args: Any) -> None:
     """``p2d_aer_reference`` is a finished full fine-tuning run whose training time can be read."""
     import os

@@ -27,6 +27,7 @@ from .heads.headset import HeadSet
 from .heads.identify import FHIInputs, identify_heads
 from .heads.layout import AttentionLayout
 from .hparams import P2DArguments
+from .models import parameter_count
 from .report.aer import record_timings, write_run_record
 from .tokens import IGNORE_INDEX
 
@@ -57,8 +58,8 @@ def collator(tokenizer: Any) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
 
 
 def total_params(model: nn.Module) -> int:
-    """The model's parameter count; under ZeRO-3 a partitioned parameter counts its whole size (``ds_numel``)."""
-    return sum(getattr(param, "ds_numel", param.numel()) for param in model.parameters())
+    """The model's parameter count: a ZeRO-3 partitioned parameter and a 4-bit quantized one count their whole size."""
+    return sum(parameter_count(param) for param in model.parameters())
 
 
 def train_in_float32(model: nn.Module, pure_bf16: bool) -> None:

@@ -25,9 +25,10 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
-    """Saved tiny models: one per family in ``FAMILIES`` (see ``tiny_config``), plus ``llama_mha`` (no GQA)."""
+    """Saved tiny models: one per family in ``FAMILIES`` (see ``tiny_config``), plus ``llama_mha`` (no GQA) and
+    ``llama_quant`` (for bitsandbytes)."""
     root = tmp_path_factory.mktemp("models")
-    return {kind: save_model(kind, tiny_tokenizer, root / kind) for kind in (*FAMILIES, "llama_mha")}
+    return {kind: save_model(kind, tiny_tokenizer, root / kind) for kind in (*FAMILIES, "llama_mha", "llama_quant")}
 
 
 @pytest.fixture(scope="session")

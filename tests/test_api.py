@@ -130,6 +130,33 @@ def test_identify_heads_writes_what_the_cli_stage_one_writes(tiny_tokenizer, cha
     assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
 
 
+def test_stages_one_and_three_on_a_quantized_model(tiny_tokenizer, tiny_models, tmp_path):
+    """A model loaded with a bitsandbytes config: stage I with the `attention` proxy (the default `all` is refused by
+    name before any work), then head slices as LoRA on the quantized layers, saved as a plain peft adapter."""
+    pytest.importorskip("bitsandbytes")
+    from p2d_llamafactory.models import Quantization, load_causal_lm
+
+    model = load_causal_lm(str(tiny_models["llama_quant"]), torch.float32, "cpu", quantization=Quantization(4))
+    examples = demo_examples(16)
+    with pytest.raises(ValueError, match=r"`p2d_fhi_trainable: all` .*use `p2d_fhi_trainable: attention`"):
+        api.identify_heads(model, tiny_tokenizer, examples, output_dir=tmp_path / "refused", **STAGE1)
+    assert not (tmp_path / "refused").exists()
+    head_set = api.identify_heads(
+        model, tiny_tokenizer, examples, progress=False, p2d_fhi_trainable="attention", **STAGE1
+    )
+    assert len(head_set.selected) == 3 and head_set.method == "w1"
+    peft_model = api.apply_head_adapter(model, head_set, learning_rate=1e-3)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == count_slice_params(
+        find_attention_layout(model), head_set.selected, ("q", "o")
+    )
+    batch = lm_batch(random_ids(tiny_tokenizer))
+    peft_model.train()(**batch).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    assert HeadSet.load(tmp_path / "adapter" / HEADS_FILE).selected == head_set.selected
+
+
 def test_identical_rerun_reuses_the_head_set(tiny_tokenizer, tmp_path, monkeypatch):
     model = build_model("llama", tiny_tokenizer)
     first = api.identify_heads(model, tiny_tokenizer, demo_examples(16), output_dir=tmp_path, progress=False, **STAGE1)

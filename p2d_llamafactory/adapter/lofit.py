@@ -23,6 +23,7 @@ from torch import nn
 
 from ..heads.layout import AttentionLayout, text_config
 from ..heads.lofit import INIT_STD
+from ..models import dense_weight, is_quantized
 
 
 # families whose o_proj (and q/k/v) take a bias when ``config.attention_bias`` is true: a LoFiT adapter merges
@@ -55,10 +56,10 @@ def lofit_lora_config(layout: AttentionLayout, layers: list[int]) -> LoraConfig:
 
 
 def _selected_bias(module: LoraLayer, adapter: str) -> torch.Tensor:
-    """W_o[:, cols] v of one layer, in float32."""
+    """W_o[:, cols] v of one layer, in float32 (W_o dequantized where bitsandbytes quantized it)."""
     cols = getattr(module, f"p2d_lofit_cols_{adapter}")
     v = module.lora_A[adapter].weight[0].index_select(0, cols).float()
-    return F.linear(v, module.get_base_layer().weight.index_select(1, cols).float())
+    return F.linear(v, dense_weight(module.get_base_layer()).index_select(1, cols).float())
 
 
 def sync_bias(module: LoraLayer, adapter: str) -> None:
@@ -133,6 +134,11 @@ def merge_lofit(model: PeftModel) -> nn.Module:
     biases follow ``config.attention_bias``, by switching them on (zero q/k/v/o biases, then the merge), so the
     saved model reloads exactly. Other families (o_proj without a bias, hard-wired) are refused."""
     base = model.get_base_model()
+    if is_quantized(base):
+        raise ValueError(
+            "LoFiT's biases stay unmerged on a base quantized by bitsandbytes (`quantization_bit`); export merges "
+            "them into the full-precision base (an export YAML without `quantization_bit`)."
+        )
     o_layers = [m for name, m in base.named_modules() if isinstance(m, LoraLayer) and name.endswith("o_proj")]
     if any(layer.get_base_layer().bias is None for layer in o_layers):
         config = text_config(base.config)
@@ -154,5 +160,5 @@ def _switch_on_attention_bias(model: nn.Module, config: Any) -> None:
         if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj") and isinstance(linear, nn.Linear):
             if linear.bias is None:
                 weight = linear.weight
-                linear.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+                linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device))
     config.attention_bias = True

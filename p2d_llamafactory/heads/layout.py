@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models import dense_weight
+
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 FUSED_PROJECTIONS = ("qkv_proj", "o_proj")
@@ -193,8 +195,11 @@ def split_projections(weights: dict[str, torch.Tensor], layout: AttentionLayout)
 
 
 def projection_weights(model: nn.Module, layout: AttentionLayout, layer: int) -> dict[str, torch.Tensor]:
-    """The q/k/v/o weight matrices (out x in, as stored by nn.Linear) of one layer."""
-    return split_projections(layer_parameters(model, layout, layer), layout)
+    """The q/k/v/o weight matrices (out x in, as stored by nn.Linear) of one layer, dequantized where the base is
+    quantized by bitsandbytes."""
+    module = model.get_submodule(layout.attention_modules[layer])
+    weights = {name: dense_weight(_base_linear(getattr(module, name))) for name in layout.linear_modules}
+    return split_projections(weights, layout)
 
 
 def _base_linear(module: nn.Module | None) -> nn.Module | None:

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import all_reduce_sum_, is_distributed, sum_over_ranks
+from ..models import dense_weight, is_quantized
 from ..tokens import count_label_tokens
 from .layout import AttentionLayout, find_attention_layout
 
@@ -31,6 +32,11 @@ def sample_indices(num_examples: int, num_samples: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(num_examples), num_samples))
 
 
+QUANTIZED_ALL = (
+    "`p2d_fhi_trainable: all` trains a float32 copy of every weight, which a base quantized by bitsandbytes "
+    "(`quantization_bit`) does not have; use `p2d_fhi_trainable: attention` (float32 copies of the dequantized "
+    "q/k/v projections), or give a head set from elsewhere (`p2d_heads_file`)."
+)
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100}
 
 
@@ -87,12 +93,13 @@ class _Float32Linear(torch.autograd.Function):
 
 
 class Float32Projection(nn.Linear):
-    """A trainable float32 copy of a q/k/v projection. It computes in float32 and returns its output in the dtype of
-    its input, so it fits into a half-precision model."""
+    """A trainable float32 copy of a projection (dequantized where the base is quantized by bitsandbytes). It
+    computes in float32 and returns its output in the dtype of its input, so it fits into a half-precision or
+    quantized model."""
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        self.weight = nn.Parameter(linear.weight.detach().to(torch.float32, copy=True))
+        self.weight = nn.Parameter(dense_weight(linear).detach().to(torch.float32, copy=True))
         if linear.bias is not None:
             self.bias = nn.Parameter(linear.bias.detach().to(torch.float32, copy=True))
 
@@ -100,10 +107,13 @@ class Float32Projection(nn.Linear):
         return _Float32Linear.apply(x, self.weight, self.bias)
 
 
-def projection_slots(model: nn.Module, layout: AttentionLayout) -> list[dict[str, tuple[nn.Module, str]]]:
-    """Per layer, where each q/k/v linear (``q_proj``/``k_proj``/``v_proj``, or the fused ``qkv_proj``) sits:
-    (owner module, attribute); the owner is a PEFT wrapper when one wraps the linear (its ``base_layer``)."""
-    names = [name for name in layout.linear_modules if name != "o_proj"]
+def projection_slots(
+    model: nn.Module, layout: AttentionLayout, with_output: bool = False
+) -> list[dict[str, tuple[nn.Module, str]]]:
+    """Per layer, where each q/k/v linear (``q_proj``/``k_proj``/``v_proj``, or the fused ``qkv_proj``) sits, and
+    ``o_proj`` too ``with_output``: (owner module, attribute); the owner is a PEFT wrapper when one wraps the linear
+    (its ``base_layer``)."""
+    names = [name for name in layout.linear_modules if with_output or name != "o_proj"]
     slots = []
     for path in layout.attention_modules:
         attention = model.get_submodule(path)
@@ -116,9 +126,12 @@ def projection_slots(model: nn.Module, layout: AttentionLayout) -> list[dict[str
 
 
 @contextmanager
-def float32_projections(model: nn.Module, layout: AttentionLayout) -> Iterator[list[dict[str, Float32Projection]]]:
-    """``model`` in train mode with each layer's q/k/v linears swapped for :class:`Float32Projection` copies, its only
-    trainable parameters (yielded per layer, by module name); every other weight stays the base's own, frozen.
+def float32_projections(
+    model: nn.Module, layout: AttentionLayout, with_output: bool = False
+) -> Iterator[list[dict[str, Float32Projection]]]:
+    """``model`` in train mode with each layer's q/k/v linears (and ``o_proj`` ``with_output``) swapped for
+    :class:`Float32Projection` copies, its only trainable parameters (yielded per layer, by module name); every other
+    weight stays the base's own, frozen.
 
     On exit, also on an error, the original modules, every ``requires_grad`` flag and every module's train/eval mode
     are back as they were.
@@ -129,7 +142,7 @@ def float32_projections(model: nn.Module, layout: AttentionLayout) -> Iterator[l
     try:
         model.requires_grad_(False)
         copies = []
-        for slots in projection_slots(model, layout):
+        for slots in projection_slots(model, layout, with_output):
             layer = {}
             for name, (owner, attribute) in slots.items():
                 original = getattr(owner, attribute)
@@ -218,6 +231,8 @@ def train_proxy(
     if sum_over_ranks(count_label_tokens(batches)) == 0:
         raise ValueError("The FHI examples have no response tokens to train on.")
     if trainable == "all":
+        if is_quantized(model):
+            raise ValueError(QUANTIZED_ALL)
         proxy = copy.deepcopy(model).to(torch.float32)
         proxy.requires_grad_(True)
         proxy.train()

@@ -5,12 +5,14 @@
 the activations of one micro-batch.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..models import Quantization, parameter_count
 from .layout import AttentionLayout, find_attention_layout, text_config
 from .proxy import projection_slots
 
@@ -61,7 +63,8 @@ def proxy_memory(model: nn.Module, layout: AttentionLayout, trainable: str, toke
     """The bytes the proxy of ``model`` (real or on the meta device) adds for ``trainable`` (all, attention), with
     micro-batches of ``tokens`` tokens: 16 bytes per trained parameter (:data:`STATE_BYTES_PER_PARAMETER`) plus
     :func:`activation_bytes`, in float32 for ``all`` (the whole proxy is float32) and in the base model's dtype for
-    ``attention`` (the frozen layers compute in it)."""
+    ``attention`` (the frozen layers compute in it; for a base quantized by bitsandbytes, its compute dtype, and the
+    q/k/v copies count their unpacked weights)."""
     if trainable == "all":
         params, itemsize = sum(p.numel() for p in model.parameters()), 4
     else:
@@ -70,8 +73,8 @@ def proxy_memory(model: nn.Module, layout: AttentionLayout, trainable: str, toke
             for layer in projection_slots(model, layout)
             for owner, attribute in layer.values()
         ]
-        params = sum(p.numel() for linear in slots for p in linear.parameters())
-        itemsize = model.get_submodule(layout.attention_modules[0]).o_proj.weight.element_size()
+        params = sum(parameter_count(p) for linear in slots for p in linear.parameters())
+        itemsize = model.get_input_embeddings().weight.element_size()  # the compute dtype, also of a quantized base
     return ProxyMemory(
         trainable, params, params * STATE_BYTES_PER_PARAMETER, activation_bytes(model, layout, tokens, itemsize)
     )
@@ -88,6 +91,38 @@ def proxy_memory_from_config(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return proxy_memory(model, find_attention_layout(model), trainable, tokens)
+
+
+def base_memory_from_config(
+    config: Any, dtype: torch.dtype = torch.bfloat16, quantization: Quantization | None = None
+) -> int:
+    """Bytes of the weights of the model ``config`` describes, loaded in ``dtype``, or quantized by bitsandbytes as
+    ``quantization_bit`` loads it: every linear layer but the output head (which bitsandbytes keeps) at 4 bits plus
+    one block scale per 64 weights (float32, or 8-bit with a float32 per 256 scales under double quantization), or at
+    8 bits plus a float32 scale per output row; everything else in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    kept = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    quantized = {
+        id(module.weight): module
+        for module in model.modules()
+        if quantization is not None and isinstance(module, nn.Linear) and module is not kept
+    }
+    total = 0
+    for param in model.parameters():
+        module = quantized.get(id(param))
+        if module is None:
+            total += param.numel() * itemsize
+        elif quantization.bits == 8:
+            total += param.numel() + module.out_features * 4
+        else:
+            blocks = math.ceil(param.numel() / 64)
+            scales = blocks + math.ceil(blocks / 256) * 4 if quantization.double_quantization else blocks * 4
+            total += math.ceil(param.numel() / 2) + scales
+    return total
 
 
 def available_memory(device: torch.device) -> int | None:

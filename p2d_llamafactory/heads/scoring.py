@@ -8,7 +8,8 @@ base-vs-proxy difference) or near point masses (large entries, e.g. SmolLM2 at t
 cumulative sum would round the tail away); ``w1_distance`` stays exact in both regimes.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -16,8 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import all_reduce_sum_
+from ..models import is_quantized
 from ..tokens import count_label_tokens
 from .layout import AttentionLayout, layer_parameters, projection_weights, split_projections
+from .proxy import float32_projections
 
 
 def composite_flat(q_w: torch.Tensor, k_w: torch.Tensor, v_w: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
@@ -103,31 +106,47 @@ def gradient_scores(
 ) -> torch.Tensor:
     """SNIP-style sensitivity: |W * dL/dW| summed over each head's slices, with L the mean token loss. Under
     ``torchrun``, ``batches`` is this rank's share and ``num_label_tokens`` the count over all ranks: the gradients
-    are summed over the ranks before scoring."""
+    are summed over the ranks before scoring. On a base quantized by bitsandbytes, W is the dequantized weight (a
+    float32 copy swapped in while the gradients are taken)."""
+    with _head_weights(model, layout) as per_layer:
+        params = [w for weights in per_layer for w in weights.values()]
+        grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        for batch in tqdm(list(batches), desc="P2D head scoring (gradient)", disable=not progress):
+            loss = model(**batch).loss * count_label_tokens([batch]) / num_label_tokens
+            for acc, g in zip(grads, torch.autograd.grad(loss, params)):
+                acc += g.float()
+        all_reduce_sum_(grads)
+        scores = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
+        grads_iter = iter(grads)
+        for layer, weights in enumerate(per_layer):
+            snip = {name: (w.detach().float() * next(grads_iter)).abs() for name, w in weights.items()}
+            scores[layer] = slice_magnitudes(split_projections(snip, layout), layout).double().cpu()
+    return scores
+
+
+@contextmanager
+def _head_weights(model: nn.Module, layout: AttentionLayout) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """``model`` in eval mode with the weights of its head-holding linears taking gradients, yielded per layer by
+    module name: its own weights, or float32 copies swapped in where bitsandbytes quantized them (a 4-/8-bit weight
+    takes no gradient). On exit every flag, mode and module is back as it was."""
+    if is_quantized(model):
+        with float32_projections(model, layout, with_output=True) as copies:
+            model.eval()
+            yield [{name: linear.weight for name, linear in layer.items()} for layer in copies]
+        return
     per_layer = [layer_parameters(model, layout, layer) for layer in range(layout.num_layers)]
     params = [w for weights in per_layer for w in weights.values()]
     flags = [p.requires_grad for p in params]
-    grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     was_training = model.training
     model.eval()
     try:
         for p in params:
             p.requires_grad_(True)
-        for batch in tqdm(list(batches), desc="P2D head scoring (gradient)", disable=not progress):
-            loss = model(**batch).loss * count_label_tokens([batch]) / num_label_tokens
-            for acc, g in zip(grads, torch.autograd.grad(loss, params)):
-                acc += g.float()
+        yield per_layer
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
         model.train(was_training)
-    all_reduce_sum_(grads)
-    scores = torch.zeros(layout.num_layers, layout.num_heads, dtype=torch.float64)
-    grads_iter = iter(grads)
-    for layer, weights in enumerate(per_layer):
-        snip = {name: (w.detach().float() * next(grads_iter)).abs() for name, w in weights.items()}
-        scores[layer] = slice_magnitudes(split_projections(snip, layout), layout).double().cpu()
-    return scores
 
 
 def random_scores(layout: AttentionLayout, seed: int) -> torch.Tensor:

@@ -3,10 +3,12 @@ parsed arguments and the model's config alone, before any data or weights load a
 ``integration.hparams`` calls them from its ``get_train_args`` / ``get_infer_args`` wrappers; the checks of the P2D
 arguments alone are in ``p2d_llamafactory.checks``."""
 
+import importlib.util
 import os
 from typing import Any
 
-from ..checks import check_aer_reference, check_head_ratio, check_head_sources
+from ..checks import check_aer_reference, check_head_ratio, check_head_sources, check_quantized_base
+from ..models import Quantization
 
 
 def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -> None:
@@ -17,11 +19,6 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
     from ..heads.layout import UnsupportedModelError, layout_from_config
 
     method = f"`finetuning_type: {finetuning_args.finetuning_type}`"
-    if model_args.quantization_bit is not None:
-        raise ValueError(
-            f"{method} trains per-head parameters of the full-precision model; `quantization_bit="
-            f"{model_args.quantization_bit}` is not supported."
-        )
     if do_train and model_args.adapter_name_or_path is not None:
         raise ValueError(
             f"{method} training starts from the base model; merge `adapter_name_or_path` first "
@@ -35,13 +32,50 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
         check_zero3(finetuning_args, method)
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if getattr(config, "quantization_config", None) is not None:
-        raise ValueError(f"{method} needs a full-precision model; {model_args.model_name_or_path} is quantized.")
+        raise ValueError(
+            f"{method} needs a full-precision checkpoint; {model_args.model_name_or_path} is saved quantized. Train "
+            "from its full-precision original with `quantization_bit: 4` (or 8): bitsandbytes quantizes it as it loads."
+        )
     try:
         layout = layout_from_config(config)
     except UnsupportedModelError as err:
         raise ValueError(f"{method} cannot find this model's heads: {err}") from None
     check_head_ratio(finetuning_args.p2d_head_ratio, layout)
     check_head_sources(finetuning_args, config, layout)
+
+
+def run_quantization(model_args: Any) -> Quantization | None:
+    """The run's ``quantization_bit`` settings, as the stages load the base with them (None: full precision)."""
+    if model_args.quantization_bit is None:
+        return None
+    quant_type = getattr(model_args, "quantization_type", "nf4")
+    return Quantization(model_args.quantization_bit, quant_type, getattr(model_args, "double_quantization", True))
+
+
+def check_quantization(model_args: Any, finetuning_args: Any, do_train: bool) -> None:
+    """A base quantized as it loads (``quantization_bit``, QLoRA-style) for a P2D run: bitsandbytes with 4 or 8 bits,
+    and no stage that needs float weights of the whole model. Refused before anything loads."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if model_args.quantization_bit is None:
+        return
+    quantization_method = getattr(model_args, "quantization_method", "bnb")
+    quantization_method = getattr(quantization_method, "value", quantization_method)
+    if quantization_method != "bnb":
+        raise ValueError(
+            f"P2D supports `quantization_method: bnb` (bitsandbytes) with `quantization_bit`; got {quantization_method!r}."
+        )
+    run_quantization(model_args)  # bits and type
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("`quantization_bit` needs bitsandbytes: pip install bitsandbytes")
+    if not do_train:
+        return
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "P2D on a quantized base (`quantization_bit`) runs without DeepSpeed ZeRO-3; use ZeRO-2 or plain DDP."
+        )
+    if finetuning_args.finetuning_type == "p2d_heads":
+        check_quantized_base(finetuning_args)
 
 
 def check_fsdp(training_args: Any, finetuning_type: str = "p2d_heads") -> None:
@@ -147,6 +181,12 @@ def check_adapters(model_args: Any, finetuning_args: Any = None) -> None:
     lofit = [path for path in paths if os.path.isfile(os.path.join(path, LOFIT_HEADS_FILE))]
     if not found and not lofit:
         return
+    if getattr(model_args, "export_dir", None) and model_args.quantization_bit is not None:
+        raise ValueError(
+            f"Export merges the P2D adapter into the base model's weights, which `quantization_bit="
+            f"{model_args.quantization_bit}` would load quantized: remove `quantization_bit` from the export YAML. An "
+            "adapter trained on a quantized base merges onto the full-precision one, as LoRA's export does."
+        )
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     merged = getattr(config, MERGED_KEY, None) or []
     for path in [*(path for path, _ in found), *lofit]:

@@ -1,6 +1,7 @@
 """Stage I inside LLaMA-Factory: the run's arguments translated for ``pipeline.find_heads``, shared by both
 integration points (data selection and ``init_adapter``)."""
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,11 @@ from ..heads.headset import HeadSet
 from ..heads.layout import AttentionLayout
 from ..models import load_causal_lm
 from ..pipeline import Output, find_heads
+from .checks import run_quantization
 from .run import P2DRun
+
+
+logger = logging.getLogger(__name__)
 
 
 def run_output(run: P2DRun) -> Output:
@@ -44,7 +49,8 @@ def find_run_heads(
 
 def whole_model_loader(run: P2DRun) -> Callable[[], nn.Module]:
     """Loads the base model once, on first call, whole on every rank (also under DeepSpeed ZeRO-3, where
-    LLaMA-Factory's own model is partitioned over the ranks), in the run's compute dtype, for stages I and II."""
+    LLaMA-Factory's own model is partitioned over the ranks), in the run's compute dtype, for stages I and II;
+    quantized by bitsandbytes as the run's own model is (``quantization_bit``)."""
     cache: dict[str, nn.Module] = {}
     model_args = run.model_args
 
@@ -52,7 +58,10 @@ def whole_model_loader(run: P2DRun) -> Callable[[], nn.Module]:
         if "model" not in cache:
             dtype = model_args.compute_dtype or "auto"
             path, device = model_args.model_name_or_path, run.training_args.device
-            cache["model"] = load_causal_lm(path, dtype, device, model_args.trust_remote_code)
+            quantization = run_quantization(model_args)  # probed as the run trains it: quantized, if it is
+            if quantization is not None:
+                logger.info("P2D: stages I and II read the base model quantized to %d bit", quantization.bits)
+            cache["model"] = load_causal_lm(path, dtype, device, model_args.trust_remote_code, quantization)
         return cache["model"]
 
     return load

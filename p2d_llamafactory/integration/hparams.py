@@ -23,6 +23,7 @@ from .checks import (
     check_fsdp,
     check_head_sources_of_run,
     check_model_for_p2d,
+    check_quantization,
 )
 
 
@@ -203,6 +204,7 @@ def get_train_args(original, args=None):
         return model_args, data_args, training_args, finetuning_args, generating_args
     check_own_call_sites(p2d)
     check_output_dir(training_args.output_dir)
+    check_quantization(model_args, p2d, training_args.do_train)
     if p2d.finetuning_type in HEAD_FINETUNING_TYPES:
         check_model_for_p2d(model_args, p2d, training_args.do_train)
         if training_args.do_train:
@@ -257,6 +259,7 @@ def get_infer_args(original, args=None):
     check_adapters(model_args, finetuning_args)
     if getattr(finetuning_args, "finetuning_type", None) in HEAD_FINETUNING_TYPES:
         check_model_for_p2d(model_args, finetuning_args, do_train=False)
+        check_quantization(model_args, finetuning_args, do_train=False)
     return model_args, data_args, finetuning_args, generating_args
 
 

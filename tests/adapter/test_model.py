@@ -12,7 +12,7 @@ from p2d_llamafactory.adapter.config import slice_targets
 from p2d_llamafactory.experiments.published import published_config
 from p2d_llamafactory.heads.layout import find_attention_layout, layout_from_config
 from p2d_llamafactory.hparams import count_for_ratio
-from tests.helpers.tiny import FAMILIES, build_model, lm_batch, random_ids, train_like
+from tests.helpers.tiny import FAMILIES, build_model, lm_batch, quantized_twin, random_ids, train_like
 
 
 SELECTED = [(0, 1), (0, 3), (2, 0)]  # GQA: heads 1 and 3 of layer 0 use KV heads 0 and 1; head 0 uses KV head 0
@@ -183,3 +183,61 @@ def test_every_save_carries_the_head_set_with_the_fixed_factors(tiny_tokenizer, 
     assert HeadSet.load(tmp_path / "checkpoint-5" / HEADS_FILE).selected == sorted(SELECTED)
     model.save_pretrained(tmp_path / "rank1", is_main_process=False)
     assert not (tmp_path / "rank1" / HEADS_FILE).exists()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_head_slices_on_a_quantized_base(tiny_tokenizer, tiny_models, tmp_path, bits):
+    """QLoRA-style: the slices are LoRA modules on bitsandbytes layers. Only the selected slices change; the saved
+    adapter on a fresh quantized base reproduces the trained model; merged into the full-precision base it matches
+    the quantized model within the quantization error."""
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    from p2d_llamafactory.models import Quantization, load_causal_lm
+
+    path, quantization = str(tiny_models["llama_quant"]), Quantization(bits)
+    base = load_causal_lm(path, torch.float32, "cpu", quantization=quantization)
+    model = apply_head_slices(base, find_attention_layout(base), SELECTED, ("q", "k", "v", "o"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == count_slice_params(
+        find_attention_layout(base), SELECTED, ("q", "k", "v", "o")
+    )
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    model.train()
+    for step in range(3):
+        optimizer.zero_grad()
+        model(**lm_batch(random_ids(tiny_tokenizer, (2, 10), seed=step))).loss.backward()
+        optimizer.step()
+    expected = _expected_changes(base.config)
+    layers = {
+        name.removeprefix("base_model.model."): m for name, m in model.named_modules() if isinstance(m, LoraLayer)
+    }
+    assert {f"{name}.weight" for name in layers} == set(expected)  # no other module is wrapped
+    for name, layer in layers.items():
+        kind, allowed = expected[f"{name}.weight"]
+        touched = layer.get_delta_weight("default").abs().sum(dim=1 if kind == "rows" else 0).nonzero()
+        assert {int(i) for i in touched.flatten()} == allowed, name
+
+    # train mode (no dropout here) keeps bitsandbytes on its dequantize-then-matmul path, which computes what the
+    # dequantized twin computes; its CPU inference kernel would round to bfloat16
+    ids = random_ids(tiny_tokenizer, (2, 10), seed=9)
+    logits = lambda m: m.train()(input_ids=ids).logits
+    with torch.no_grad():
+        trained = logits(model)
+        with model.disable_adapter():
+            quantized_base = logits(model)
+    model.save_pretrained(tmp_path / "adapter")
+    fresh = load_causal_lm(path, torch.float32, "cpu", quantization=quantization)
+    _, twin = quantized_twin(tiny_models["llama_quant"], bits)
+    full = load_causal_lm(path, torch.float32, "cpu")
+    with torch.no_grad():
+        reloaded = logits(PeftModel.from_pretrained(fresh, tmp_path / "adapter"))
+        on_twin = logits(PeftModel.from_pretrained(twin, tmp_path / "adapter").merge_and_unload())
+        full_base = logits(full)
+        on_full = logits(PeftModel.from_pretrained(full, tmp_path / "adapter").merge_and_unload())
+    assert (trained - quantized_base).abs().max() > 0.1  # the adapter changed the model
+    assert (reloaded - trained).abs().max() <= 1e-5
+    assert (on_twin - trained).abs().max() <= 1e-4  # merged into the weights it trained on: the same model
+    # merged into the full-precision base: off by what quantization itself costs
+    assert (on_full - trained).abs().max() <= 1.5 * (full_base - quantized_base).abs().max()

@@ -455,3 +455,46 @@ def test_nothing_is_refused_where_the_free_memory_is_unknown(tiny_tokenizer, mon
     monkeypatch.setattr(memory_module, "available_memory", lambda device: 0)
     with pytest.raises(ValueError, match="needs about"):
         check_proxy_fits(model, find_attention_layout(model), "all", 10**9)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_attention_proxy_on_a_quantized_base_trains_dequantized_copies(bits, tiny_models, batches):
+    """On a bitsandbytes base the `attention` proxy trains float32 copies of the dequantized q/k/v: the same proxy
+    as on the float32 model holding those dequantized weights. `all` cannot copy 4-/8-bit weights: refused."""
+    pytest.importorskip("bitsandbytes")
+    from tests.helpers.tiny import quantized_twin
+
+    quantized, twin = quantized_twin(tiny_models["llama_quant"], bits)
+    layout = find_attention_layout(twin)
+    q_proj = type(quantized.model.layers[0].self_attn.q_proj)
+    proxy, losses = train_proxy(quantized, batches(), steps=2, lr=1e-3, progress=False, trainable="attention")
+    expected, expected_losses = train_proxy(twin, batches(), steps=2, lr=1e-3, progress=False, trainable="attention")
+    assert type(quantized.model.layers[0].self_attn.q_proj) is q_proj  # the quantized linears are back
+    assert losses == pytest.approx(expected_losses, rel=1e-5) and losses[1] < losses[0]
+    trained = {name: p for name, p in proxy.named_parameters() if QKV.search(name)}
+    assert len(trained) == 3 * layout.num_layers
+    for name, param in trained.items():
+        assert param.dtype == torch.float32
+        torch.testing.assert_close(param, expected.get_parameter(name), rtol=0, atol=1e-5, msg=name)  # steps: 2e-3
+    assert weight_scores(quantized, proxy, layout, "w1", 1.0, progress=False).min() > 0
+
+    with pytest.raises(ValueError, match=r"`p2d_fhi_trainable: all` trains a float32 copy of every weight"):
+        train_proxy(quantized, batches(), steps=1, lr=1e-3, progress=False, trainable="all")
+    # the preflight counts the copies' unpacked weights and the activations in the compute dtype
+    assert proxy_memory(quantized, layout, "attention", 64) == proxy_memory(twin, layout, "attention", 64)
+
+
+@pytest.mark.parametrize("quantization", [None, (4, True), (4, False), (8, True)], ids=str)
+def test_base_memory_estimate_equals_the_loaded_storage(quantization, tiny_models):
+    from transformers import AutoConfig
+
+    from p2d_llamafactory.heads.proxy_memory import base_memory_from_config
+    from p2d_llamafactory.models import Quantization, load_causal_lm, weight_bytes
+
+    if quantization is not None:
+        pytest.importorskip("bitsandbytes")
+        quantization = Quantization(quantization[0], double_quantization=quantization[1])
+    path = str(tiny_models["llama_quant"])
+    model = load_causal_lm(path, torch.float32, "cpu", quantization=quantization)
+    estimate = base_memory_from_config(AutoConfig.from_pretrained(path), torch.float32, quantization)
+    assert estimate == weight_bytes(model)

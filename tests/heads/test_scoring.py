@@ -16,7 +16,7 @@ from p2d_llamafactory.heads.scoring import (
 )
 from tests.helpers.examples import tokenized_examples
 from tests.helpers.references import cosine_distance_np, exact_w1, head_distribution_np, snip_head_scores
-from tests.helpers.tiny import FAMILIES, build_model, perturbed
+from tests.helpers.tiny import FAMILIES, build_model, perturbed, quantized_twin
 
 
 def test_composite_matches_explicit_product(tiny_tokenizer):
@@ -189,3 +189,31 @@ def test_gradient_scores_equal_weight_times_gradient(tiny_tokenizer, kind):
     assert scores.shape == (3, 4) and scores.dtype == torch.float64
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5)
     assert (expected > 0).all() and len(set(expected.round(6).flatten().tolist())) == 12  # no degenerate heads
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_scores_on_a_quantized_base_are_those_of_its_dequantized_weights(tiny_models, tiny_tokenizer, bits):
+    """W1 reads the dequantized q/k/v; the gradient scorer takes dL/dW through float32 copies of the dequantized
+    head linears swapped into the quantized model, and leaves the model as it was."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import DataCollatorForSeq2Seq
+
+    quantized, twin = quantized_twin(tiny_models["llama_quant"], bits)
+    layout = find_attention_layout(twin)
+    proxy = perturbed(twin, scale=1e-2)
+    got = weight_scores(quantized, proxy, layout, "w1", 1.0, progress=False)
+    torch.testing.assert_close(got, weight_scores(twin, proxy, layout, "w1", 1.0, progress=False), rtol=0, atol=0)
+    assert float(got.min()) > 0
+
+    collate = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt")
+    examples = tokenized_examples(tiny_tokenizer, 6)
+    micro = [collate(examples[:4]), collate(examples[4:])]
+    n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    modules = {name: id(module) for name, module in quantized.named_modules()}
+    flags = [p.requires_grad for p in quantized.parameters()]
+    quantized.train()
+    got = gradient_scores(quantized, layout, micro, n_tokens, progress=False)
+    assert {name: id(module) for name, module in quantized.named_modules()} == modules  # the copies are gone
+    assert [p.requires_grad for p in quantized.parameters()] == flags and quantized.training
+    expected = gradient_scores(twin.requires_grad_(False), layout, micro, n_tokens, progress=False)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4)

@@ -40,7 +40,7 @@ LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention"]
 def tiny_config(kind: str, vocab_size: int):
     """A 3-layer model of each family, GQA (4 query heads, 2 KV heads) unless named otherwise.
 
-    ``llama``; ``llama_mha``: no GQA; ``qwen2``: q/k/v biases; ``qwen3``: per-head q/k RMSNorm; ``mistral``: a
+    ``llama``; ``llama_mha``: no GQA; ``llama_quant``: an MLP width bitsandbytes quantizes on the CPU; ``qwen2``: q/k/v biases; ``qwen3``: per-head q/k RMSNorm; ``mistral``: a
     sliding window shorter than the test inputs; ``gemma2``: head_dim 24 != hidden / heads, logit soft-capping
     (strong, so that it matters), sliding-window and full layers; ``gemma3``: the same geometry with per-head q/k
     norms and no soft-cap; ``phi3``: one fused ``qkv_proj``.
@@ -73,6 +73,8 @@ def tiny_config(kind: str, vocab_size: int):
     configs = {
         "llama": lambda: LlamaConfig(**common),
         "llama_mha": lambda: LlamaConfig(**{**common, "num_key_value_heads": 4}),
+        # bitsandbytes' CPU inference kernel needs every quantized layer's input width a multiple of its 64 block
+        "llama_quant": lambda: LlamaConfig(**{**common, "intermediate_size": 128}),
         "qwen2": lambda: Qwen2Config(**common),
         "qwen3": lambda: Qwen3Config(**common),
         "mistral": lambda: MistralConfig(**common, sliding_window=8),
@@ -160,3 +162,17 @@ def write_heads_file(path, shape, selected):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"shape": shape, "selected": selected, "model": "tiny"}))
     return path
+
+
+def quantized_twin(path: Path, bits: int):
+    """``path``'s model quantized by bitsandbytes (``bits``: 4 nf4, or 8) and its float32 twin: the same model whose
+    quantized weights are replaced by their dequantized values, so both compute the same function."""
+    from p2d_llamafactory.models import Quantization, dense_weight, is_quantized_weight, load_causal_lm
+
+    quantized = load_causal_lm(str(path), torch.float32, "cpu", quantization=Quantization(bits))
+    twin = load_causal_lm(str(path), torch.float32, "cpu")
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if is_quantized_weight(getattr(module, "weight", None)):
+                twin.get_submodule(name).weight.copy_(dense_weight(module).float())
+    return quantized, twin

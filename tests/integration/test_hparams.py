@@ -76,7 +76,15 @@ BAD_VALUES = [
     ({"p2d_fhi_steps": -1}, r"`p2d_fhi_steps` must be a positive integer"),
     ({"p2d_temperature": 0}, r"`p2d_temperature` must be > 0"),
     ({"p2d_fhi_lr": 0}, r"`p2d_fhi_lr` must be > 0"),
-    ({"quantization_bit": 4}, r"`quantization_bit=4` is not supported"),
+    ({"quantization_bit": 3}, r"`quantization_bit` must be 4 or 8 \(bitsandbytes\); got 3"),
+    (
+        {"quantization_bit": 4, "p2d_fhi_trainable": "all"},
+        r"`p2d_fhi_trainable: all` trains a float32 copy of every weight.*use `p2d_fhi_trainable: attention`",
+    ),
+    (
+        {"quantization_bit": 8, "p2d_fhi_trainable": "attention", "quantization_method": "eetq"},
+        r"P2D supports `quantization_method: bnb` \(bitsandbytes\) with `quantization_bit`; got 'eetq'",
+    ),
     ({"stage": "dpo"}, r"`finetuning_type: p2d_heads` supports `stage` sft; got 'dpo'"),
     ({"use_dora": True}, r"`use_dora` cannot be combined with `finetuning_type: p2d_heads`"),
     (
@@ -140,6 +148,24 @@ def test_heads_file_from_a_model_of_another_shape(make_args, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ValueError, match=r"is not a P2D head set"):
         parse_train_args(make_args(p2d_heads_file=str(tmp_path / "bad.json")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_quantized_base_refuses_a_task_model_and_keeps_a_heads_file(make_args, tiny_models, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoConfig
+
+    from p2d_llamafactory.heads.layout import layout_from_config
+
+    model = tiny_models["llama_quant"]
+    quantized = {"model": model, "quantization_bit": 4, "p2d_fhi_trainable": "attention"}
+    with pytest.raises(ValueError, match=r"`p2d_task_model` is compared with the base model's full-precision weights"):
+        parse_train_args(make_args(**quantized, p2d_task_model=str(model)))
+    shape = layout_from_config(AutoConfig.from_pretrained(model)).shape()
+    scores = [[0.1 * head + 0.01 * layer for head in range(4)] for layer in range(3)]
+    HeadSet("tiny", shape, "w1", 0, 0.25, scores, [(0, 3), (1, 3), (2, 3)]).save(tmp_path / "heads.json")
+    given = {**quantized, "p2d_fhi_trainable": "all", "p2d_heads_file": str(tmp_path / "heads.json")}
+    parse_train_args(make_args(**given))  # no proxy trains: nothing to refuse
     assert not (tmp_path / "out").exists()
 
 
