@@ -17,6 +17,14 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
   ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "test.sh: could not install chromium; the browser test will be skipped"
 fi
+# The Slurm test runs the sweep's job array on a local single-node Slurm (Debian's slurmctld, slurmd and munge);
+# where they cannot be installed, that test is skipped and says why.
+if ! command -v slurmctld >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  echo "test.sh: installing Slurm for the sweep's job-array test"
+  ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq slurmctld slurmd munge) \
+    >/dev/null 2>&1 || echo "test.sh: could not install Slurm; the job-array test will be skipped"
+fi
 ruff check .
 echo "test.sh: leg 1 of 2, $(python -c 'from importlib.metadata import version; print("llamafactory", version("llamafactory"))')"
 python -m pytest "$@"

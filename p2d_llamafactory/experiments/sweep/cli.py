@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from ..errors import reported
+from .claims import DEFAULT_TIMEOUT, Worker
 from .runner import CLI_ENV, EVAL_ENV, SweepOutcome, _command, run_sweep
 from .runs import SweepError, is_finished, load_runs
 from .tables import write_report
@@ -25,6 +26,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print what would run; run and write nothing")
     parser.add_argument("--collect-only", action="store_true", help="run nothing; only collect and write the report")
     parser.add_argument("--keep-going", action="store_true", help="after a failed run, go on with the others")
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="one of several sweeps sharing this grid (on this machine or on others sharing the output filesystem): "
+        "write no report (gather it once with --collect-only). Every sweep claims a cell before running it, skips "
+        "cells other live sweeps hold, waits for them, and takes over a cell whose sweep died",
+    )
+    parser.add_argument(
+        "--claim-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds without a heartbeat after which a claim made on another host is stale (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=30.0,
+        help="how often to look again at cells other sweeps hold (default: %(default)s)",
+    )
     parser.add_argument(
         "--report-dir", default=DEFAULT_REPORT_DIR, help="where the report goes (default: %(default)s)"
     )
@@ -50,6 +70,12 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.dry_run and args.collect_only:
         print("p2d-sweep: error: --dry-run and --collect-only exclude each other.", file=sys.stderr)
         return 2
+    if args.worker and args.collect_only:
+        print("p2d-sweep: error: --worker and --collect-only exclude each other.", file=sys.stderr)
+        return 2
+    if not args.claim_timeout > 0 or not args.poll_seconds > 0:
+        print("p2d-sweep: error: --claim-timeout and --poll-seconds must be > 0.", file=sys.stderr)
+        return 2
     try:
         runs, skipped = load_runs(args.paths)
     except SweepError as err:
@@ -72,6 +98,8 @@ def _sweep(args: argparse.Namespace) -> int:
             _command(args.p2d_eval, EVAL_ENV, "p2d-eval"),
             args.keep_going,
             args.dry_run,
+            Worker(timeout=args.claim_timeout),
+            args.poll_seconds,
         )
     if args.dry_run:
         todo = len(runs) - len(outcome.finished_before) - len(outcome.failed) - len(outcome.skipped)
@@ -81,13 +109,17 @@ def _sweep(args: argparse.Namespace) -> int:
         )
         return 1 if outcome.failed else 0
 
-    paths = write_report(runs, Path(args.report_dir), args.rho_d, args.rho_p)
+    paths = [] if args.worker else write_report(runs, Path(args.report_dir), args.rho_d, args.rho_p)
     finished = sum(1 for run in runs if is_finished(run))
     print(
         f"p2d-sweep: {len(outcome.trained)} trained, {len(outcome.evaluated)} evaluated only, "
         f"{len(outcome.finished_before)} already finished, {len(outcome.failed)} failed, "
-        f"{len(outcome.skipped)} skipped; {finished} of {len(runs)} runs finished. Report: "
-        + ", ".join(str(p) for p in paths)
+        f"{len(outcome.skipped)} skipped; {finished} of {len(runs)} runs finished. "
+        + (
+            "Report: " + ", ".join(str(p) for p in paths)
+            if paths
+            else "No report (--worker): gather it with --collect-only."
+        )
     )
     if outcome.failed:
         for run, reason in outcome.failed:

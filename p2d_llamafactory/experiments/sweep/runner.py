@@ -10,11 +10,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...files import PREDICTIONS_FILE, read_record
 from ...report.aer import training_seconds
+from .claims import Worker, config_digest, live_claims, try_claim
 from .runs import Run, is_finished, is_trained, missing_outputs
 
 
@@ -109,61 +111,141 @@ def _run_steps(run: Run, steps: list[tuple[str, list[str]]], env: dict[str, str]
     return f"finished without {', '.join(missing_outputs(run))} in {run.output_dir}"
 
 
-def run_sweep(runs: list[Run], train_cmd: list[str], eval_cmd: list[str], keep_going: bool, dry_run: bool):
-    """Train and evaluate what is not finished; returns a SweepOutcome."""
-    outcome = SweepOutcome()
-    by_output = {Path(os.path.abspath(run.output_dir)): run for run in runs}
-    bad: set[Path] = set()  # output dirs of runs that failed or were skipped
-    produced = {Path(os.path.abspath(run.output_dir)) for run in runs}
-    total = len(runs)
-    for index, run in enumerate(runs, 1):
+def _steps(run: Run, state: str, train_cmd: list[str], eval_cmd: list[str]) -> list[tuple[str, list[str]]]:
+    steps = []
+    if state == "train":
+        steps.append(("llamafactory-cli train", [*train_cmd, "train", str(run.yaml_path)]))
+    steps.append(("p2d-eval", [*eval_cmd, run.output_dir]))
+    return steps
+
+
+def _environment(run: Run) -> dict[str, str]:
+    env = dict(os.environ)
+    if run.config.get("deepspeed") and "FORCE_TORCHRUN" not in env:
+        env["FORCE_TORCHRUN"] = "1"  # LLaMA-Factory launches DeepSpeed through torchrun only
+    return env
+
+
+def _print_dry_run(label: str, state: str, steps: list[tuple[str, list[str]]], env: dict[str, str]) -> None:
+    print(f"p2d-sweep: {label}: would {'train and evaluate' if state == 'train' else 'evaluate'}")
+    prefix = "FORCE_TORCHRUN=1 " if env.get("FORCE_TORCHRUN") and "FORCE_TORCHRUN" not in os.environ else ""
+    for _, cmd in steps:
+        print(f"    {prefix}{shlex.join(cmd)}")
+
+
+@dataclass
+class Sweep:
+    """One pass over the runs, then more while other workers hold cells this one waits for."""
+
+    runs: list[Run]
+    train_cmd: list[str]
+    eval_cmd: list[str]
+    keep_going: bool
+    dry_run: bool
+    worker: Worker = field(default_factory=Worker)
+    poll_seconds: float = 30.0
+    outcome: SweepOutcome = field(default_factory=SweepOutcome)
+    bad: set[Path] = field(default_factory=set)  # output dirs of runs that failed or were skipped
+    done: set[Path] = field(default_factory=set)  # output dirs this worker has settled
+    stop: bool = False
+
+    def label(self, run: Run) -> str:
+        return f"[{self.runs.index(run) + 1}/{len(self.runs)}] {run.output_dir} ({run.yaml_path})"
+
+    def settle(self, run: Run, failed: str | None = None, skipped: str | None = None) -> None:
         out = Path(os.path.abspath(run.output_dir))
-        label = f"[{index}/{total}] {run.output_dir} ({run.yaml_path})"
-        state = _state(run)
+        self.done.add(out)
+        if failed is not None:
+            self.outcome.failed.append((run, failed))
+            self.bad.add(out)
+            self.stop = not self.keep_going and not self.dry_run
+        elif skipped is not None:
+            self.outcome.skipped.append((run, skipped))
+            self.bad.add(out)
+
+    def step(self, run: Run, produced: set[Path], by_output: dict[Path, Run]) -> bool:
+        """Try ``run`` once; False when it waits for another worker (its cell or a cell it needs)."""
+        label, state = self.label(run), _state(run)
         if state == "finished":
-            outcome.finished_before.append(run)
-            print(f"p2d-sweep: {label}: finished, skipped", flush=True)
-            continue
-        failed_deps = [by_output[need].output_dir for need in run.needs if need in bad]
+            if Path(os.path.abspath(run.output_dir)) not in self.done:
+                self.outcome.finished_before.append(run)
+                print(f"p2d-sweep: {label}: finished, skipped", flush=True)
+            self.done.add(Path(os.path.abspath(run.output_dir)))
+            return True
+        failed_deps = [by_output[need].output_dir for need in run.needs if need in self.bad]
         if failed_deps:
-            reason = f"needs {', '.join(failed_deps)}, which {'cannot run' if dry_run else 'did not finish'}"
-            outcome.skipped.append((run, reason))
-            bad.add(out)
+            reason = f"needs {', '.join(failed_deps)}, which {'cannot run' if self.dry_run else 'did not finish'}"
             print(f"p2d-sweep: {label}: skipped: {reason}", flush=True)
-            continue
-        problems = preflight(run, produced - bad) if state == "train" else []
+            self.settle(run, skipped=reason)
+            return True
+        if not self.dry_run and any(need in by_output and not is_finished(by_output[need]) for need in run.needs):
+            return False  # another worker runs what it needs
+        problems = preflight(run, produced - self.bad) if state == "train" else []
         if problems:
             reason = "; ".join(problems)
             print(f"p2d-sweep: {label}: cannot start: {reason}", file=sys.stderr, flush=True)
-            outcome.failed.append((run, f"cannot start: {reason}"))
-            bad.add(out)
-            if not keep_going and not dry_run:
-                return outcome
-            continue
-        env = dict(os.environ)
-        if run.config.get("deepspeed") and "FORCE_TORCHRUN" not in env:
-            env["FORCE_TORCHRUN"] = "1"  # LLaMA-Factory launches DeepSpeed through torchrun only
-        steps = []
-        if state == "train":
-            steps.append(("llamafactory-cli train", [*train_cmd, "train", str(run.yaml_path)]))
-        steps.append(("p2d-eval", [*eval_cmd, run.output_dir]))
-        if dry_run:
-            print(f"p2d-sweep: {label}: would {'train and evaluate' if state == 'train' else 'evaluate'}")
-            for _, cmd in steps:
-                prefix = (
-                    "FORCE_TORCHRUN=1 " if env.get("FORCE_TORCHRUN") and "FORCE_TORCHRUN" not in os.environ else ""
-                )
-                print(f"    {prefix}{shlex.join(cmd)}")
-            continue
-        print(f"p2d-sweep: {label}: {'training' if state == 'train' else 'evaluating'}", flush=True)
-        error = _run_steps(run, steps, env, outcome)
+            self.settle(run, failed=f"cannot start: {reason}")
+            return True
+        env, steps = _environment(run), _steps(run, state, self.train_cmd, self.eval_cmd)
+        if self.dry_run:
+            _print_dry_run(label, state, steps, env)
+            self.done.add(Path(os.path.abspath(run.output_dir)))
+            return True
+        claim = try_claim(run.output_dir, run.yaml_path, config_digest(run.config), self.worker)
+        if claim is None:
+            return False
+        try:
+            if is_finished(run):  # another worker finished it since this one looked
+                self.done.add(Path(os.path.abspath(run.output_dir)))
+                return True
+            state = _state(run)
+            print(f"p2d-sweep: {label}: {'training' if state == 'train' else 'evaluating'}", flush=True)
+            error = _run_steps(run, _steps(run, state, self.train_cmd, self.eval_cmd), env, self.outcome)
+        finally:
+            claim.release()
         if error is not None:
             print(f"p2d-sweep: run {run.yaml_path} failed: {error}", file=sys.stderr, flush=True)
-            outcome.failed.append((run, error))
-            bad.add(out)
-            if not keep_going:
-                return outcome
-            continue
+            self.settle(run, failed=error)
+            return True
         if state == "evaluate":
-            outcome.evaluated.append(run)
-    return outcome
+            self.outcome.evaluated.append(run)
+        self.done.add(Path(os.path.abspath(run.output_dir)))
+        return True
+
+    def run(self) -> SweepOutcome:
+        by_output = {Path(os.path.abspath(run.output_dir)): run for run in self.runs}
+        produced = set(by_output)
+        announced = False
+        while True:
+            settled = len(self.done)
+            pending = [run for run in self.runs if Path(os.path.abspath(run.output_dir)) not in self.done]
+            waiting = [run for run in pending if not self.stop and not self.step(run, produced, by_output)]
+            if self.stop or not waiting:
+                return self.outcome
+            needed = {need for run in waiting for need in run.needs if need in by_output}
+            held = live_claims([run.output_dir for run in waiting], self.worker)
+            held += live_claims([by_output[need].output_dir for need in needed], self.worker)
+            if held:
+                if not announced:
+                    print(f"p2d-sweep: waiting for other workers: {', '.join(sorted(set(held)))}", flush=True)
+                    announced = True
+                time.sleep(self.poll_seconds)
+            elif len(self.done) == settled:  # nothing moved and nobody holds what they wait for
+                for run in waiting:
+                    self.settle(run, skipped="waits for cells no worker runs")
+                return self.outcome
+
+
+def run_sweep(
+    runs: list[Run],
+    train_cmd: list[str],
+    eval_cmd: list[str],
+    keep_going: bool,
+    dry_run: bool,
+    worker: Worker | None = None,
+    poll_seconds: float = 30.0,
+) -> SweepOutcome:
+    """Train and evaluate what is not finished, claiming each cell first (several sweeps share a grid); returns a
+    SweepOutcome."""
+    sweep = Sweep(runs, train_cmd, eval_cmd, keep_going, dry_run, worker or Worker(), poll_seconds)
+    return sweep.run()
