@@ -79,6 +79,17 @@ class OutputDirBusy(RuntimeError):
     """Another live run holds the output directory."""
 
 
+def process_alive(pid: Any) -> bool:
+    """Whether process ``pid`` of this host exists (True where that cannot be told)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError, TypeError):
+        return True
+    return True
+
+
 class OutputDirLock:
     """An exclusive claim on a run's output directory: ``.p2d.lock`` with the holder's pid, host and command.
 
@@ -102,13 +113,7 @@ class OutputDirLock:
     def _alive(holder: dict[str, Any]) -> bool:
         if holder.get("host") != socket.gethostname():
             return True  # cannot tell for another machine: respect it
-        try:
-            os.kill(int(holder.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError, OverflowError):
-            return True
-        return True
+        return process_alive(holder.get("pid", -1))
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...io import process_alive
 from .runs import SweepError
 
 
@@ -60,13 +61,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 def holder_alive(record: dict[str, Any], path: Path, worker: Worker) -> bool:
     """Whether the worker that wrote ``record`` still holds the claim at ``path``."""
     if record.get("host") == worker.host:
-        try:
-            os.kill(int(record.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return False
-        except (PermissionError, ValueError, OverflowError):
-            return True
-        return True
+        return process_alive(record.get("pid", -1))
     try:
         return time.time() - path.stat().st_mtime < worker.timeout
     except FileNotFoundError:
