@@ -11,6 +11,8 @@ Methods:
   freeze         LLaMA-Factory's default freeze tuning: all parameters of the last 2 decoder layers
   p2d_heads      apply_head_slices, 10% of the heads chosen by select_top(random_scores(layout, seed=0), k), q+o
   p2d_heads_w1   the same, heads chosen by W1 scoring against a small real FHI proxy (see --w1-proxy-*)
+  p2d_heads_top  the same number of heads, drawn at random from the last --top-layers decoder layers only (heads
+                 chosen for cost: the backward pass stops above the lowest trained layer)
 
     python benchmarks/bench_train_step.py
 """
@@ -39,7 +41,8 @@ from p2d_llamafactory.heads.scoring import random_scores, select_top, weight_sco
 from p2d_llamafactory.hparams import count_for_ratio
 
 
-METHODS = ("full", "lora", "freeze", "p2d_heads", "p2d_heads_w1")
+METHODS = ("full", "lora", "freeze", "p2d_heads", "p2d_heads_w1", "p2d_heads_top")
+HEAD_METHODS = ("p2d_heads", "p2d_heads_w1", "p2d_heads_top")
 HEAD_MODULES = ("q", "o")
 FREEZE_TRAINABLE_LAYERS = 2  # LLaMA-Factory's default freeze_trainable_layers (freeze_trainable_modules: all)
 Heads = list[tuple[int, int]]
@@ -86,6 +89,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate.")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every worker.")
     parser.add_argument("--head-ratio", type=float, default=0.1, help="Fraction of heads P2D trains.")
+    parser.add_argument("--top-layers", type=int, default=10, help="p2d_heads_top: heads from the last N layers.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the batch sample and of random heads.")
     parser.add_argument("--w1-proxy-steps", type=int, default=3, help="AdamW steps of the W1 proxy (paper: 20).")
     parser.add_argument(
@@ -136,6 +140,7 @@ SETUPS = {
     "freeze": setup_freeze,
     "p2d_heads": setup_heads,
     "p2d_heads_w1": setup_heads,
+    "p2d_heads_top": setup_heads,
 }
 
 
@@ -223,7 +228,11 @@ def w1_heads_worker(
 
 def head_sets(args: argparse.Namespace, folder: Path, methods: list[str], layout: AttentionLayout) -> dict[str, Heads]:
     k = count_for_ratio(args.head_ratio, layout.total_heads)
-    heads = {"p2d_heads": select_top(random_scores(layout, seed=args.seed), k)}
+    scores = random_scores(layout, seed=args.seed)
+    heads = {"p2d_heads": select_top(scores, k)}
+    top = scores.clone()
+    top[: layout.num_layers - args.top_layers] = -1.0  # below every uniform draw: the k come from the top layers
+    heads["p2d_heads_top"] = select_top(top, k)
     if "p2d_heads_w1" in methods:
         tokenizer = load_tokenizer(folder)
         examples = load_gsm8k()
@@ -335,7 +344,7 @@ def print_targets(results: dict[str, Result]) -> None:
         return statistics.median(results[name].step_times)
 
     print()
-    for name in ("p2d_heads", "p2d_heads_w1"):
+    for name in HEAD_METHODS:
         if name not in results:
             continue
         r = results[name]
@@ -389,15 +398,20 @@ def main() -> None:
     batch = fixed_batch(args, folder)
     layout = layout_from_config(load_model_config(folder))
     heads = head_sets(args, folder, methods, layout)
-    for name in ("p2d_heads", "p2d_heads_w1"):
+    sources = {
+        "p2d_heads": f"random_scores(seed={args.seed})",
+        "p2d_heads_w1": "W1 vs a small FHI proxy",
+        "p2d_heads_top": f"random_scores(seed={args.seed}) in the last {args.top_layers} layers",
+    }
+    for name in HEAD_METHODS:
         if name in methods:
-            source = f"random_scores(seed={args.seed})" if name == "p2d_heads" else "W1 vs a small FHI proxy"
+            source = sources[name]
             describe_heads(f"{name} [{source}]", heads[name], layout)
 
     workers = start_workers([WorkerSpec(m, folder, batch, heads.get(m), args.lr, args.threads) for m in methods])
     round_robin(workers, args.warmup + args.steps)
     results = collect(workers, args.warmup)
-    for name in ("p2d_heads", "p2d_heads_w1"):
+    for name in HEAD_METHODS:
         if name in results:
             results[name].expected_trainable = count_slice_params(layout, heads[name], HEAD_MODULES)
     report(results, int(batch["attention_mask"].sum()))

@@ -28,7 +28,17 @@ from p2d_llamafactory.heads.scoring import random_scores, select_top
 from p2d_llamafactory.hparams import count_for_ratio
 
 
-def head_sets(source: HeadSet, ratio: float, random_seeds: list[int], label: str = "w1") -> dict[str, HeadSet]:
+def _in_top_layers(scores: torch.Tensor, top_layers: int) -> torch.Tensor:
+    """``scores`` with every head below the last ``top_layers`` layers pushed under the lowest score: their top k is
+    the top k of those layers (the file's own scores then agree with its selection)."""
+    masked = scores.clone()
+    masked[: scores.shape[0] - top_layers] = scores.min() - 1.0
+    return masked
+
+
+def head_sets(
+    source: HeadSet, ratio: float, random_seeds: list[int], label: str = "w1", top_layers: int | None = None
+) -> dict[str, HeadSet]:
     scores = torch.tensor(source.scores, dtype=torch.float64)
     layers, heads = scores.shape
     k = count_for_ratio(ratio, layers * heads)
@@ -40,6 +50,13 @@ def head_sets(source: HeadSet, ratio: float, random_seeds: list[int], label: str
         f"bottom_{label}": (-scores, source.method),  # scored by the same method; its lowest k
         **{f"random_s{seed}": (random_scores(layout, seed), "random") for seed in random_seeds},
     }
+    if top_layers:  # heads chosen for cost: only from the last top_layers layers
+        found[f"{label}_top{top_layers}"] = (_in_top_layers(scores, top_layers), source.method)
+        for seed in random_seeds:
+            found[f"random_top{top_layers}_s{seed}"] = (
+                _in_top_layers(random_scores(layout, seed), top_layers),
+                "random",
+            )
     return {
         name: HeadSet(
             model=source.model,
@@ -86,6 +103,12 @@ def main() -> None:
     parser.add_argument(
         "--suffix", default="", help="appended to each run's name, e.g. __test_s4343 for a test-split cell"
     )
+    parser.add_argument(
+        "--top-layers",
+        type=int,
+        default=None,
+        help="also <label>_top<N> and random_top<N>_s<seed>: heads from the last N layers",
+    )
     parser.add_argument("--collect", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
@@ -99,7 +122,7 @@ def main() -> None:
     for ratio in [float(r) for r in args.ratios.split(",")]:
         folder = out / f"rho{ratio:g}"
         folder.mkdir(parents=True, exist_ok=True)
-        for name, head_set in head_sets(source, ratio, seeds, args.label).items():
+        for name, head_set in head_sets(source, ratio, seeds, args.label, args.top_layers).items():
             heads_file = head_set.save(folder / f"{name}.json")
             if name not in wanted:
                 continue
