@@ -57,6 +57,15 @@ def build(folder: Path, shape: str, tokenizer, dtype: torch.dtype, device: str |
     return model
 
 
+def _demo_data(root: Path) -> Path:
+    """A LLaMA-Factory dataset dir with 64 demo examples (alpaca format), written here: nothing is downloaded."""
+    folder = root / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "demo.json").write_text(json.dumps(demo_examples(64)))
+    (folder / "dataset_info.json").write_text(json.dumps({"p2d_demo": {"file_name": "demo.json"}}))
+    return folder
+
+
 def train_cli(root: Path, model: Path, name: str, cpu: bool, **precision) -> dict:
     """Stages I-III through llamafactory-cli on the p2d_demo data; the heads, the selection and the timings."""
     out = root / name
@@ -64,7 +73,7 @@ def train_cli(root: Path, model: Path, name: str, cpu: bool, **precision) -> dic
         "model_name_or_path": str(model), "stage": "sft", "do_train": True, "finetuning_type": "p2d_heads",
         "p2d_head_ratio": 0.1, "p2d_fhi_samples": 16, "p2d_fhi_steps": 3, "p2d_fhi_lr": 1e-3,
         "p2d_fhi_trainable": "attention", "p2d_data_selection": "p2d", "p2d_data_ratio": 0.25,
-        "p2d_icl_scoring": "teacher_forced", "dataset": "p2d_demo", "dataset_dir": str(ROOT / "data_info"),
+        "p2d_icl_scoring": "teacher_forced", "dataset": "p2d_demo", "dataset_dir": str(_demo_data(root)),
         "template": "chatml", "cutoff_len": 256, "max_samples": 64, "output_dir": str(out),
         "overwrite_output_dir": True, "per_device_train_batch_size": 4, "learning_rate": 1e-4, "max_steps": 4,
         "logging_steps": 1, "save_steps": 1000, "report_to": "none", "use_cpu": cpu, "seed": 7,
