@@ -122,9 +122,11 @@ def test_p2d_in_the_web_ui_end_to_end(board, tiny_models, tiny_dataset_dir, tmp_
         output_dir = field(page, "Output dir").input_value()
         page.get_by_role("button", name="Start").click()
         wait_text(page, "Finished.", timeout=600)
-        wait_text(page, "P2D: AER = ", timeout=60)  # the log box can refresh just after "Finished." shows
         run = runs / output_dir
+        # the log the board shows: LLaMA-Factory's final "Finished." box repeats the log as last polled (every 2 s,
+        # while the run lived), so a tiny run's last lines, the AER among them, reach the file but not always the page
         running_log = (run / "running_log.txt").read_text()
+        assert "P2D: AER = " in running_log
         assert "P2D: stage I, head identification (w1)" in running_log
         assert "P2D: stage II done in" in running_log and "keeps 24 of 48 training examples" in running_log
         last = json.loads((run / "trainer_log.jsonl").read_text().splitlines()[-1])
