@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue")
+DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue")
 
 
 def missing() -> str | None:
@@ -31,6 +31,7 @@ SlurmctldHost={host}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=socket={root}/munge/munge.socket
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
@@ -53,16 +54,27 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubsc
 """
 
 
-def _start_munge() -> None:
-    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
-        return
-    if not Path("/etc/munge/munge.key").exists():
-        subprocess.run(["mungekey", "--create"], check=True)
-    for folder in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        shutil.chown(folder, "munge", "munge")
-    shutil.chown("/etc/munge/munge.key", "munge", "munge")
-    subprocess.run(["runuser", "-u", "munge", "--", "munged", "--force"], check=True)
+def _start_munge(root: Path) -> None:
+    """A munged of the test's own: key, socket, log, pid and seed under ``root``, so the system's munge set-up
+    (file owners, a daemon already running or not) does not matter."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = root / "munge.key"
+    subprocess.run(["mungekey", "--create", "--force", f"--keyfile={key}"], check=True, capture_output=True)
+    started = subprocess.run(
+        [
+            "munged",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={root / 'munge.socket'}",
+            f"--log-file={root / 'munged.log'}",
+            f"--pid-file={root / 'munged.pid'}",
+            f"--seed-file={root / 'munged.seed'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"munged did not start: {started.stderr.strip()}")
 
 
 @contextmanager
@@ -72,7 +84,7 @@ def local_slurm(root: Path, cpus: int = 4) -> Iterator[dict[str, str]]:
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "slurm.conf").write_text(_conf(root, cpus))
     env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
-    _start_munge()
+    _start_munge(root / "munge")
     subprocess.run(["slurmctld", "-c"], env=env, check=True)
     subprocess.run(["slurmd"], env=env, check=True)
     try:
@@ -84,7 +96,7 @@ def local_slurm(root: Path, cpus: int = 4) -> Iterator[dict[str, str]]:
         yield env
     finally:
         subprocess.run(["scancel", "--user", "root"], env=env, capture_output=True)
-        for pid_file in ("slurmd.pid", "slurmctld.pid"):
+        for pid_file in ("slurmd.pid", "slurmctld.pid", "munge/munged.pid"):
             if (root / pid_file).exists():
                 subprocess.run(["kill", (root / pid_file).read_text().strip()], capture_output=True)
         time.sleep(1)
