@@ -36,11 +36,11 @@ TUNING_RATES = {
     "full": ("0.0001", "3e-05", "0.0003"),
     "lora": ("0.0003", "0.001", "0.0001"),
     "random_heads": ("0.001", "0.01", "0.003"),
-    "lofit": ("0.01", "0.003", "0.03"),
+    "lofit": ("0.01", "0.003", "0.03", "0.1"),
 }
 TUNE = sorted(f"tune__{a}__lr{lr}" for a, rates in TUNING_RATES.items() for lr in rates)
 SEEDS = (4242, 4343, 4444)  # the paper's; the cells of the later seeds carry the suffix __s<seed>
-COUNT = 216 * 3 + 2 * 16  # the paper's cells per seed, and the tuning cells of smollm2-cpu (dialogsum, bioinstruct)
+COUNT = 216 * 3 + 2 * 17  # the paper's cells per seed, and the tuning cells of smollm2-cpu (dialogsum, bioinstruct)
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_cell_counts_and_names(files):
-    assert len(files) == COUNT  # 2 models x 3 datasets x 3 seeds x (20 main + 6 ratio-ablation), + 2 x 13 tuning
+    assert len(files) == COUNT  # 2 models x 3 datasets x 3 seeds x (20 main + 6 ratio-ablation), + 2 x 17 tuning
     for model in MODELS:
         for dataset in DATASETS:
             paper = [p for p in files if p.startswith(f"{model}/{dataset}/") and p.count("/") == 2]
@@ -269,6 +269,23 @@ def _mutate(data, path, value):
             "models.smollm2-cpu.datasets: unknown dataset 'gsm9k'; allowed: gsm8k, dialogsum, bioinstruct",
         ),
         (("models", "smollm2-cpu", "datasets", "gsm8k", "evals"), {}, "unknown block 'evals'"),
+        (
+            ("models", "smollm2-cpu", "datasets", "gsm8k", "adaptation"),
+            {},
+            "models.smollm2-cpu.datasets.gsm8k: unknown block 'adaptation'; allowed: model, method, dataset, output, "
+            "train, eval, adaptations",
+        ),
+        (
+            ("models", "smollm2-cpu", "datasets", "gsm8k", "adaptations"),
+            {"dora": {}},
+            "models.smollm2-cpu.datasets.gsm8k.adaptations: unknown adaptation 'dora'; allowed: full, random_heads, "
+            "lora, lofit, p2d_heads",
+        ),
+        (
+            ("models", "smollm2-cpu", "datasets", "gsm8k", "adaptations"),
+            {"lofit": {"train": {"learning_rte": 3e-2}}},
+            "models.smollm2-cpu.datasets.gsm8k.adaptations.lofit.train: unknown key 'learning_rte'",
+        ),
         (("defaults", "trainer"), {}, "defaults: unknown block 'trainer'; allowed: model, method"),
         (("adaptations", "lora", "method", "finetuning_type"), "freeze", "set by p2d-grid for each cell"),
         (("budget", "p2d_data_ratio"), 1.5, "budget.p2d_data_ratio must be a number in (0, 1]"),
@@ -381,7 +398,7 @@ def test_more_seeds_add_suffixed_cells(tmp_path):
     data["models"]["smollm2-cpu"]["datasets"] = {"gsm8k": data["models"]["smollm2-cpu"]["datasets"]["gsm8k"]}
     data["tuning"]["datasets"] = ["gsm8k"]
     files = generate(parse_spec(data, SPEC))
-    assert len(files) == 72 + 16  # the tuning cells: the first seed only
+    assert len(files) == 72 + 17  # the tuning cells: the first seed only
     assert not any("__s4343" in path for path in files if "/tune/" in path)
     seeded = yaml.safe_load(files["smollm2-cpu/gsm8k/ifd__p2d_heads__s4343.yaml"])
     assert seeded["seed"] == seeded["p2d_seed"] == 4343
@@ -410,6 +427,22 @@ def test_p2d_keys_come_from_the_dataclasses(monkeypatch):
     method = text.split("### method\n")[1].split("\n\n")[0].splitlines()
     assert method[-1] == "p2d_icl_later: 3"  # the method block ends with the new key, in dataclass order
     assert "p2d_icl_later" not in _load(files, "qwen2.5-7b", "gsm8k", "ifd__p2d_heads")  # no probing there
+
+
+def test_a_dataset_rate_of_one_adaptation_comes_after_the_model_rate():
+    """models.<m>.datasets.<d>.adaptations.<a>: a rate tuned on one data set, for that data set's cells only."""
+    data = _spec_data()
+    data["models"]["smollm2-cpu"]["datasets"]["gsm8k"]["adaptations"] = {
+        "lofit": {"train": {"learning_rate": 0.5}, "method": {"p2d_lofit_l1_lambda": 1.0e-3}}
+    }
+    generated = generate(parse_spec(data, SPEC))
+    lofit = yaml.safe_load(generated["smollm2-cpu/gsm8k/random__lofit__s4343.yaml"])
+    assert (lofit["learning_rate"], lofit["p2d_lofit_l1_lambda"]) == (0.5, 1e-3)
+    assert lofit["max_new_tokens"] == 256  # the data set's own blocks still apply
+    assert yaml.safe_load(generated["smollm2-cpu/gsm8k/random__lora.yaml"])["learning_rate"] == 3e-4
+    assert yaml.safe_load(generated["smollm2-cpu/dialogsum/random__lofit.yaml"])["learning_rate"] != 0.5
+    # the other model keeps adaptations.lofit
+    assert yaml.safe_load(generated["qwen2.5-7b/gsm8k/random__lofit.yaml"])["learning_rate"] == 1e-2
 
 
 def test_model_adaptation_overrides_come_after_the_adaptation(files):

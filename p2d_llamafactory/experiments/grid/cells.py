@@ -225,6 +225,7 @@ def resolve_cell(
         spec.selections[cell.selection],
         spec.adaptations[cell.adaptation],
         model.adaptation_layers.get(cell.adaptation, {}),
+        model.dataset_adaptation_layers.get(cell.dataset, {}).get(cell.adaptation, {}),
     ]
     if cell.is_tuning and spec.tuning is not None:
         layers.append(spec.tuning.layer)

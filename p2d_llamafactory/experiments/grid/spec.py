@@ -1,8 +1,9 @@
 """The grid spec (yaml_examples/grid.yaml): its dataclasses, the keys it may set, and its validation.
 
 Layers of settings, merged in this order (later wins): ``defaults``, ``models.<m>``, ``datasets.<d>``,
-``models.<m>.datasets.<d>``, ``selections.<s>``, ``adaptations.<a>``, ``models.<m>.adaptations.<a>``, and for
-the tuning cells the ``tuning`` section's blocks.
+``models.<m>.datasets.<d>``, ``selections.<s>``, ``adaptations.<a>``, ``models.<m>.adaptations.<a>``,
+``models.<m>.datasets.<d>.adaptations.<a>`` (a rate tuned for one data set), and for the tuning cells the
+``tuning`` section's blocks.
 
 Selection and adaptation names come from :mod:`p2d_llamafactory.methods`; the ``p2d_*`` keys of the method block
 come from the dataclasses of :mod:`p2d_llamafactory.hparams`, looked up at call time (:func:`blocks`), so a key
@@ -212,6 +213,8 @@ class ModelSpec:
     dataset_layers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # per-dataset overrides
     # per-adaptation overrides, merged after the adaptation layer (e.g. each method's tuned learning_rate)
     adaptation_layers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # dataset -> adaptation -> overrides, merged after adaptation_layers (a rate tuned on that data set only)
+    dataset_adaptation_layers: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -303,20 +306,40 @@ def _parse_model(name: Any, entry: Any) -> ModelSpec:
     layer = _blocks({key: entry[key] for key in LLAMAFACTORY_BLOCKS if key in entry}, where)
     if "model_name_or_path" not in layer.get("model", {}):
         raise GridSpecError(f"{where}.model.model_name_or_path is missing.")
-    overrides = {
-        dataset: _blocks(dataset_entry, f"{where}.datasets.{dataset}")
-        for dataset, dataset_entry in _mapping(entry.get("datasets"), f"{where}.datasets").items()
-    }
-    adaptation_layers = {}
-    for adaptation, adaptation_entry in _mapping(entry.get("adaptations"), f"{where}.adaptations").items():
+    overrides, dataset_adaptation_layers = {}, {}
+    for dataset, dataset_entry in _mapping(entry.get("datasets"), f"{where}.datasets").items():
+        dataset_entry = dict(_mapping(dataset_entry, f"{where}.datasets.{dataset}"))
+        for block in dataset_entry:
+            if block not in (*blocks(), "adaptations"):
+                raise GridSpecError(
+                    f"{where}.datasets.{dataset}: unknown block {block!r}; allowed: "
+                    f"{_allowed((*blocks(), 'adaptations'))}."
+                )
+        adaptations = dataset_entry.pop("adaptations", None)
+        overrides[dataset] = _blocks(dataset_entry, f"{where}.datasets.{dataset}")
+        if adaptations is not None:
+            dataset_adaptation_layers[dataset] = _adaptation_layers(adaptations, f"{where}.datasets.{dataset}")
+    return ModelSpec(
+        name,
+        list(seeds),
+        {"train": names["train"], "test": names["test"]},
+        layer,
+        overrides,
+        _adaptation_layers(entry.get("adaptations"), where),
+        dataset_adaptation_layers,
+    )
+
+
+def _adaptation_layers(entry: Any, where: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """``<where>.adaptations``: adaptation name -> its layer of overrides."""
+    layers = {}
+    for adaptation, adaptation_entry in _mapping(entry, f"{where}.adaptations").items():
         if adaptation not in ADAPTATION_NAMES:
             raise GridSpecError(
                 f"{where}.adaptations: unknown adaptation {adaptation!r}; allowed: {_allowed(ADAPTATION_NAMES)}."
             )
-        adaptation_layers[adaptation] = _blocks(adaptation_entry, f"{where}.adaptations.{adaptation}")
-    return ModelSpec(
-        name, list(seeds), {"train": names["train"], "test": names["test"]}, layer, overrides, adaptation_layers
-    )
+        layers[adaptation] = _blocks(adaptation_entry, f"{where}.adaptations.{adaptation}")
+    return layers
 
 
 def _parse_ablations(data: dict[str, Any], selections: dict, adaptations: dict) -> list[Ablation]:
