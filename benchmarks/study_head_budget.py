@@ -6,13 +6,17 @@ From a ``p2d_heads.json`` that holds every head's score (stage I of a run), for 
 seeded uniform draws) as head files, and, from ``--template`` (a tuning YAML), ``<out>/rho<ratio>/<set>__lr<rate>.yaml``
 training that head set (``p2d_heads_file``) at each ``--rates`` rate into ``<out>/rho<ratio>/runs/...``; data, steps and
 seed as in the template (``--suffix`` names runs from several templates apart, e.g. the test-split cells' seeds). ``p2d-sweep <yamls>`` trains and scores them (resumable: finished runs are skipped), and
-``--collect`` prints the validation ROUGE-L of every finished run.
+``--collect`` prints the validation ROUGE-L of every finished run. ``--overlap name=p2d_heads.json ...`` prints the
+Jaccard index of every pair's top-k heads (``--ks``) from the files' own scores, e.g. a task model's against FHI's.
 
     python benchmarks/study_head_budget.py --heads docs/results/runs/smollm2-cpu/bioinstruct/p2d__p2d_heads/p2d_heads.json \
         --template yaml_examples/smollm2-cpu/bioinstruct/tune/tune__p2d_heads__lr0.003.yaml \
         --out saves/head_budget/bioinstruct --ratios 0.01,0.03 --rates 0.003,0.01,0.03 --sets w1
     p2d-sweep saves/head_budget/bioinstruct/rho0.01/w1__lr*.yaml --report-dir saves/head_budget/report
     python benchmarks/study_head_budget.py --out saves/head_budget/bioinstruct --collect
+    python benchmarks/study_head_budget.py --ks 3,8,27 \
+        --overlap task_model=saves/head_budget/bioinstruct/rho0.01/runs/task_model__lr0.01/p2d_heads.json \
+        w1=docs/results/runs/smollm2-cpu/bioinstruct/p2d__p2d_heads/p2d_heads.json
 """
 
 import argparse
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from p2d_llamafactory.experiments.sweep.stability import jaccard
 from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import AttentionLayout
 from p2d_llamafactory.heads.scoring import random_scores, select_top
@@ -90,11 +95,35 @@ def collect(out: Path) -> None:
         print(f"{budget:<10} {name:<28} {score:>8.2f}")
 
 
+def top_k_overlaps(sources: dict[str, HeadSet], ks: list[int]) -> list[tuple[int, str, str, float]]:
+    """(k, a, b, Jaccard of the top-k heads of a and b by their own scores) for every pair and every k."""
+    tops = {
+        name: {k: frozenset(select_top(torch.tensor(head_set.scores, dtype=torch.float64), k)) for k in ks}
+        for name, head_set in sources.items()
+    }
+    names = list(sources)
+    return [
+        (k, a, b, jaccard(tops[a][k], tops[b][k])) for k in ks for i, a in enumerate(names) for b in names[i + 1 :]
+    ]
+
+
+def overlap(specs: list[str], ks: list[int]) -> None:
+    sources = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--overlap takes name=p2d_heads.json entries; got {spec!r}.")
+        sources[name] = HeadSet.load(path)
+    print(f"{'k':>4} {'a':<20} {'b':<20} {'Jaccard':>8}")
+    for k, a, b, value in top_k_overlaps(sources, ks):
+        print(f"{k:>4} {a:<20} {b:<20} {value:>8.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--heads", help="a p2d_heads.json with every head's score")
     parser.add_argument("--template", help="the tuning YAML the runs start from")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out")
     parser.add_argument("--ratios", default="0.01,0.03")
     parser.add_argument("--rates", default="0.003,0.01,0.03")
     parser.add_argument("--sets", default="w1,bottom_w1,random_s4242,random_s1,random_s2")
@@ -110,7 +139,14 @@ def main() -> None:
         help="also <label>_top<N> and random_top<N>_s<seed>: heads from the last N layers",
     )
     parser.add_argument("--collect", action="store_true")
+    parser.add_argument("--overlap", nargs="+", metavar="NAME=HEADS_JSON", help="Jaccard of the files' top-k heads")
+    parser.add_argument("--ks", default="3,8,27", help="the k of --overlap")
     args = parser.parse_args()
+    if args.overlap:
+        overlap(args.overlap, [int(k) for k in args.ks.split(",")])
+        return
+    if args.out is None:
+        parser.error("--out is required, except with --overlap")
     out = Path(args.out)
     if args.collect:
         collect(out)
