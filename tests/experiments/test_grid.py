@@ -456,6 +456,10 @@ def test_model_adaptation_overrides_come_after_the_adaptation(files):
     for adaptation, lr in tuned.items():
         assert _load(files, "smollm2-cpu", "gsm8k", f"p2d__{adaptation}")["learning_rate"] == lr
     assert _load(files, "qwen2.5-7b", "gsm8k", "p2d__lora")["learning_rate"] == 2e-5
+    # LoFiT's best rate differs between the tuned data sets: 3e-2 on DialogSum, 1e-2 on BioInstruct (and GSM8K)
+    assert twin.dataset_adaptation_layers == {"dialogsum": {"lofit": {"train": {"learning_rate": 3e-2}}}}
+    assert _load(files, "smollm2-cpu", "dialogsum", "random__lofit__s4444")["learning_rate"] == 3e-2
+    assert _load(files, "smollm2-cpu", "bioinstruct", "random__lofit")["learning_rate"] == 1e-2
 
     data = _spec_data()
     data["models"]["smollm2-cpu"]["adaptations"] = {
