@@ -447,6 +447,30 @@ def test_paired_differences_across_seeds(project):
     }
 
 
+def test_paired_differences_of_the_lofit_baseline(project):
+    """LoFiT's cells answer two questions: P2D's data against random data under LoFiT, and the P2D head slices
+    against LoFiT on the same random data."""
+    runs = project / "runs"
+    cells = {  # name -> (keys, {seed: score})
+        "p2d__lofit": ({"finetuning_type": "lofit", "p2d_data_selection": "p2d"}, {4242: 2.0, 4343: 4.0}),
+        "random__lofit": ({"finetuning_type": "lofit", "p2d_data_selection": "random"}, {4242: 1.0, 4343: 1.0}),
+        "random__p2d_heads": ({"finetuning_type": "p2d_heads", "p2d_data_selection": "random"}, {4242: 3.0}),
+    }
+    for name, (keys, seeds) in cells.items():
+        for i, (seed, score) in enumerate(seeds.items()):
+            run = name + ("" if i == 0 else f"__s{seed}")
+            _write_run(runs / f"{run}.yaml", seed=seed, **keys)
+            _finish(project / "saves" / "tiny" / "gsm8k" / run, score=score, aer=0.1, per_example=[score / 100] * 4)
+
+    assert main([str(runs), "--collect-only", "--report-dir", "report"]) == 0
+    report = (project / "report" / "results.md").read_text()
+    section = report.split("## Paired differences across seeds", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split(" | ")[2]: line for line in section.splitlines() if line.startswith("| tiny")}
+    assert "| +1.00 (4242), +3.00 (4343) | +2.00 ± 1.41 |" in rows["P2D data − random data (LoFiT)"]
+    assert "| +2.00 (4242); unpaired: 4343 | +2.00 |" in rows["P2D heads − LoFiT (random data)"]
+    assert set(rows) == {"P2D data − random data (LoFiT)", "P2D heads − LoFiT (random data)"}
+
+
 def test_paired_differences_on_format_adoption(project):
     """Exact match gets a second paired table on format adoption: per-seed differences of the adoption, the
     interval from the runs' per-row adoption, a dash where a run's record has no per-row adoption; a ROUGE-L data

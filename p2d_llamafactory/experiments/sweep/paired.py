@@ -38,6 +38,8 @@ COMPARISONS = (
     Comparison("P2D + P2D heads − random + full fine-tuning", ("p2d", "p2d_heads"), ("random", "full")),
     Comparison("P2D + P2D heads − random + LoRA", ("p2d", "p2d_heads"), ("random", "lora")),
     Comparison("P2D + P2D heads − full data + full fine-tuning", ("p2d", "p2d_heads"), ("none", "full")),
+    Comparison("P2D data − random data (LoFiT)", ("p2d", "lofit"), ("random", "lofit")),
+    Comparison("P2D heads − LoFiT (random data)", ("random", "p2d_heads"), ("random", "lofit")),
 )
 Measure = Literal["score", "format"]  # the metric, or exact match's format adoption
 MEASURES: tuple[Measure, ...] = ("score", "format")
