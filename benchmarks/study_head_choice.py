@@ -58,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--trainable", default="all", choices=("all", "attention"), help="the proxy's p2d_fhi_trainable"
+    )
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--taus", default="0.1,1,10,100", help="absolute temperatures")
@@ -164,7 +167,7 @@ def main() -> None:
     k = count_for_ratio(args.ratio, layout.total_heads)
     rows = json.loads((Path(args.data_dir) / f"p2d_{args.dataset}_train.json").read_text())
     batches = fhi_batches(tokenizer, rows, args.samples, args.seed)
-    proxy, losses = train_proxy(base, batches, args.steps, args.lr)
+    proxy, losses = train_proxy(base, batches, args.steps, args.lr, trainable=args.trainable, layout=layout)
     print(f"proxy loss per step: {', '.join(f'{x:.3f}' for x in losses)}")
     with torch.no_grad():
         comp_b, comp_p = composites(base, layout), composites(proxy, layout)
@@ -172,7 +175,7 @@ def main() -> None:
     support: dict[str, float] = {}
     for tau in (float(t) for t in args.taus.split(",")):
         variants[f"w1_tau{tau:g}"], support[f"w1_tau{tau:g}"] = w1_scores(comp_b, comp_p, tau)
-    for c in (float(x) for x in args.std_scales.split(",")):
+    for c in (float(x) for x in args.std_scales.split(",") if x):
         per_head = [c * b.std(dim=-1, keepdim=True) for b in comp_b]
         variants[f"w1_std{c:g}"], support[f"w1_std{c:g}"] = w1_scores(comp_b, comp_p, per_head)
     variants["rel_frobenius"] = np.stack(
@@ -231,7 +234,12 @@ def _hypergeom(i: int, n: int, k: int) -> float:
 
 def _save(folder: Path, layout: AttentionLayout, scores: np.ndarray, top, name: str, args) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    settings = {"study": name, "dataset": args.dataset, "fhi": [args.samples, args.steps, args.lr], "seed": args.seed}
+    settings = {
+        "study": name,
+        "dataset": args.dataset,
+        "fhi": [args.samples, args.steps, args.lr, args.trainable],
+        "seed": args.seed,
+    }
     HeadSet("SmolLM2-135M-Instruct", layout.shape(), "w1", args.seed, args.ratio, scores.tolist(), top, settings).save(
         folder / "p2d_heads.json"
     )
