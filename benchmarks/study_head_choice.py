@@ -35,15 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import IGNORE_INDEX, load_model, load_tokenizer, model_folder, tokenize_example
+from bench_common import load_model, load_tokenizer, model_folder, tokenize_example
 from scipy.stats import spearmanr
 
 from p2d_llamafactory.experiments.sweep.stats import bootstrap_interval
 from p2d_llamafactory.heads.headset import HeadSet
 from p2d_llamafactory.heads.layout import AttentionLayout, find_attention_layout, projection_weights
-from p2d_llamafactory.heads.proxy import train_proxy
+from p2d_llamafactory.heads.proxy import make_batches, train_proxy
 from p2d_llamafactory.heads.scoring import composite_flat, random_scores, select_top, w1_distance
 from p2d_llamafactory.hparams import count_for_ratio
+from p2d_llamafactory.pipeline import collator
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,24 +75,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def fhi_batches(tokenizer, rows: list[dict], samples: int, seed: int, micro: int = 4) -> list[dict[str, torch.Tensor]]:
-    """A seeded sample of the pool, chat-formatted, right-padded micro-batches (labels only on the answers)."""
+    """A seeded sample of the pool, chat-formatted (labels only on the answers), in stage I's micro-batches."""
     chosen = sorted(random.Random(seed).sample(range(len(rows)), min(samples, len(rows))))
-    tokenized = []
+    examples = []
     for i in chosen:
         question = "\n".join(part for part in (rows[i]["instruction"], rows[i].get("input", "")) if part)
-        tokenized.append(tokenize_example(tokenizer, question, rows[i]["output"]))
-    width = max(len(ids) for ids, _ in tokenized)
-    batches = []
-    for start in range(0, len(tokenized), micro):
-        chunk = tokenized[start : start + micro]
-        pad = [width - len(ids) for ids, _ in chunk]
-        ids = [ids + [tokenizer.pad_token_id] * p for (ids, _), p in zip(chunk, pad)]
-        labels = [labels + [IGNORE_INDEX] * p for (_, labels), p in zip(chunk, pad)]
-        mask = [[1] * (width - p) + [0] * p for p in pad]
-        batches.append(
-            {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
-        )
-    return batches
+        ids, labels = tokenize_example(tokenizer, question, rows[i]["output"])
+        examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return make_batches(examples, collator(tokenizer), micro, "cpu")
 
 
 def composites(model, layout: AttentionLayout) -> list[torch.Tensor]:

@@ -40,18 +40,35 @@ QUANTIZED_ALL = (
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100}
 
 
-def make_batches(
-    examples: Sequence[Mapping[str, Any]], collate: Callable[[list[dict]], Batch], micro_batch_size: int, device
-) -> list[dict[str, torch.Tensor]]:
-    """Collate tokenized examples into micro-batches on ``device``, all right-padded to one length.
+PAD_MULTIPLE = 64
 
-    One shape for every micro-batch: CPU kernels are prepared once per new shape, which costs far more than
-    the padding (masked out of attention and loss, so the result is unchanged).
+
+def make_batches(
+    examples: Sequence[Mapping[str, Any]],
+    collate: Callable[[list[dict]], Batch],
+    micro_batch_size: int,
+    device,
+    by_length: bool = True,
+) -> list[dict[str, torch.Tensor]]:
+    """Collate tokenized examples into right-padded micro-batches on ``device``.
+
+    ``by_length``: the examples are grouped by length (a stable sort) and each micro-batch is padded to its own longest
+    example rounded up to a multiple of ``PAD_MULTIPLE`` tokens (at most the longest overall), so one long outlier
+    does not pad every micro-batch and CPU kernels see few distinct shapes. Otherwise every micro-batch is padded
+    to the longest example, in the order given. Padding is masked out of attention and loss, and the callers' steps
+    are full-batch (the mean token loss over all micro-batches), so the grouping does not change a step.
     """
-    width = max(len(ex["input_ids"]) for ex in examples)
+    longest = max(len(ex["input_ids"]) for ex in examples)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"])) if by_length else None
+    ordered = [examples[i] for i in order] if order is not None else list(examples)
     batches = []
-    for start in range(0, len(examples), micro_batch_size):
-        features = [{k: ex[k] for k in MODEL_INPUTS if k in ex} for ex in examples[start : start + micro_batch_size]]
+    for start in range(0, len(ordered), micro_batch_size):
+        chunk = ordered[start : start + micro_batch_size]
+        width = longest
+        if by_length:
+            own = max(len(ex["input_ids"]) for ex in chunk)
+            width = min(-(-own // PAD_MULTIPLE) * PAD_MULTIPLE, longest)
+        features = [{k: ex[k] for k in MODEL_INPUTS if k in ex} for ex in chunk]
         batch = {k: v for k, v in collate(features).items() if k in MODEL_INPUTS}
         batches.append(
             {
@@ -63,7 +80,7 @@ def make_batches(
 
 
 def micro_batch_tokens(examples: Sequence[Mapping[str, Any]], micro_batch_size: int) -> int:
-    """Tokens of one micro-batch of :func:`make_batches` (every micro-batch is padded to the longest example)."""
+    """Tokens of the largest micro-batch of :func:`make_batches` (the one holding the longest example)."""
     width = max((len(ex["input_ids"]) for ex in examples), default=0)
     return min(micro_batch_size, len(examples)) * width
 

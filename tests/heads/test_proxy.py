@@ -43,10 +43,44 @@ def batches(tiny_tokenizer):
     collate = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt")
     examples = tokenized_examples(tiny_tokenizer, 12)
 
-    def make(micro: int = 4):
-        return make_batches(examples, collate, micro, "cpu")
+    def make(micro: int = 4, by_length: bool = True):
+        return make_batches(examples, collate, micro, "cpu", by_length)
 
     return make
+
+
+def _rows(batches) -> list[tuple[int, ...]]:
+    """Every micro-batch row's unpadded input ids."""
+    return [
+        tuple(ids[mask.bool()].tolist()) for b in batches for ids, mask in zip(b["input_ids"], b["attention_mask"])
+    ]
+
+
+def test_micro_batches_group_examples_by_length(tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(proxy_module, "PAD_MULTIPLE", 8)
+    collate = DataCollatorForSeq2Seq(tiny_tokenizer, label_pad_token_id=-100, padding=True, return_tensors="pt")
+    examples = tokenized_examples(tiny_tokenizer, 12)
+    examples[5] = {key: value * 6 for key, value in examples[5].items()}  # one long outlier
+    lengths = sorted(len(ex["input_ids"]) for ex in examples)
+    grouped = make_batches(examples, collate, 4, "cpu")
+    widths = [b["input_ids"].shape[1] for b in grouped]
+    assert widths == [min(-(-max(lengths[i : i + 4]) // 8) * 8, lengths[-1]) for i in range(0, 12, 4)]
+    assert widths[-1] == lengths[-1] and widths[0] < lengths[-1] // 2  # only the outlier's batch is that wide
+    flat = make_batches(examples, collate, 4, "cpu", by_length=False)
+    assert [b["input_ids"].shape[1] for b in flat] == [lengths[-1]] * 3
+    assert sorted(_rows(grouped)) == sorted(_rows(flat)) == sorted(tuple(ex["input_ids"]) for ex in examples)
+    assert sorted(int(mask.sum()) for b in grouped for mask in b["attention_mask"]) == lengths
+    assert all((b["labels"][b["attention_mask"] == 0] == -100).all() for b in grouped)  # padding carries no loss
+
+
+def test_grouping_by_length_does_not_change_a_proxy_step(tiny_tokenizer, batches):
+    model = build_model("llama", tiny_tokenizer)
+    (a, la), (b, lb) = (
+        train_proxy(model, batches(4, by_length), steps=2, lr=1e-3, progress=False) for by_length in (True, False)
+    )
+    assert la == pytest.approx(lb, rel=1e-5)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=3e-6, msg=name)
 
 
 @pytest.fixture
@@ -109,7 +143,8 @@ def test_attention_proxy_equals_a_full_copy_training_only_qkv(kind, tiny_tokeniz
     assert any(name.endswith("bias") for name in trained) == (kind == "qwen2")
     for name, param in trained.items():
         assert param.dtype == torch.float32 and not param.requires_grad
-        torch.testing.assert_close(param, expected[name], rtol=0, atol=1e-6, msg=name)
+        # float32 rounding of two computations of the same update, which Adam's normalisation can amplify
+        torch.testing.assert_close(param, expected[name], rtol=0, atol=3e-6, msg=name)
         assert not torch.equal(param, model.get_parameter(name)), name  # the proxy moved
     assert losses[1] < losses[0]
 
