@@ -255,7 +255,7 @@ def identify_heads(
         raise ValueError("identify_heads() got no `examples`; stage I scores heads on the task's examples.")
     _warn_ineffective(args, settings, "p2d_heads")
     layout = find_attention_layout(model)
-    check_head_ratio(args.p2d_head_ratio, layout)
+    check_head_ratio(args.p2d_head_ratio, layout, args.p2d_head_trainable_layers)
     check_head_sources(args, model.config, layout)
     if is_quantized(model):
         check_quantized_base(args)

@@ -13,15 +13,34 @@ logger = logging.getLogger(__name__)
 LOW_HEAD_LR = 2e-4  # head-slice rates below this left the model near the untrained one (docs/tuning.md)
 
 
-def check_head_ratio(ratio: float, layout: Any) -> None:
-    """``p2d_head_ratio`` must select at least one head of this model."""
-    if count_for_ratio(ratio, layout.total_heads) < 1:
+def check_head_ratio(ratio: float, layout: Any, trainable_layers: int | None = None) -> None:
+    """``p2d_head_ratio`` must select at least one head of this model, and no more than the layers that
+    ``p2d_head_trainable_layers`` allows hold."""
+    count = count_for_ratio(ratio, layout.total_heads)
+    if count < 1:
         lowest = 0.5 / layout.total_heads  # the smallest ratio that keeps one head (round half up)
         digits = 2 - math.floor(math.log10(lowest))  # three significant digits, rounded up: the bound itself works
         shown = math.ceil(lowest * 10**digits) / 10**digits
         raise ValueError(
             f"`p2d_head_ratio: {ratio}` selects 0 of the {layout.total_heads} heads of this model; use a value in "
             f"[{shown:g}, 1] ({shown:g} keeps 1 head)."
+        )
+    if not trainable_layers:
+        return
+    layers = layout.num_layers
+    if abs(trainable_layers) > layers:
+        raise ValueError(
+            f"`p2d_head_trainable_layers: {trainable_layers}` asks for more layers than this model's {layers}; use "
+            f"a value in [1, {layers}] (the last n layers) or [-{layers}, -1] (the first n), or leave it out."
+        )
+    allowed = abs(trainable_layers) * layout.num_heads
+    if count > allowed:
+        needed = math.ceil(count / layout.num_heads)
+        which = "last" if trainable_layers > 0 else "first"
+        raise ValueError(
+            f"`p2d_head_ratio: {ratio}` keeps {count} heads, but the {which} {abs(trainable_layers)} layers that "
+            f"`p2d_head_trainable_layers: {trainable_layers}` allows hold only {allowed}; allow at least {needed} "
+            f"layers, or lower `p2d_head_ratio`."
         )
 
 

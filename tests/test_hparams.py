@@ -28,6 +28,7 @@ class WithNewKnob(P2DArguments):
 # a valid other value for every identity field; a new identity field must be added here (the test says so)
 OTHER_VALUES = {
     "p2d_head_ratio": 0.2,
+    "p2d_head_trainable_layers": -1,
     "p2d_head_selection": "cosine",
     "p2d_seed": 7,
     "p2d_fhi_samples": 50,
@@ -161,7 +162,7 @@ def test_one_rule_says_which_key_applies_to_which_run():
 
     with_file = applicable({"p2d_heads_file": "h.json", "p2d_data_selection": "p2d"}, "lora")
     assert with_file["p2d_heads_file"] is None and with_file["p2d_icl_demos"] is None
-    assert "a heads file gives them" in with_file["p2d_head_ratio"]
+    assert "a heads file gives them" in with_file["p2d_head_ratio"] == with_file["p2d_head_trainable_layers"]
     assert with_file["p2d_fhi_steps"] == "no proxy is trained"
     assert with_file["p2d_head_modules"] == "only `finetuning_type: p2d_heads` trains head slices"
     own = applicable({}, "p2d_heads")
@@ -171,6 +172,7 @@ def test_one_rule_says_which_key_applies_to_which_run():
     lofit = applicable({"p2d_data_selection": "nuggets"}, "lofit")
     assert (
         lofit["p2d_head_ratio"] is None
+        and lofit["p2d_head_trainable_layers"] is None
         and lofit["p2d_lofit_l1_lambda"] is None
         and lofit["p2d_nuggets_anchors"] is None
     )
@@ -204,6 +206,28 @@ def test_the_smallest_head_ratio_suggested_keeps_one_head():
             check_head_ratio(refused, SimpleNamespace(total_heads=heads))
         suggested = float(str(err.value).split("[")[1].split(",")[0])
         assert suggested != refused and count_for_ratio(suggested, heads) == 1
+
+
+def test_head_trainable_layers_must_name_layers_that_hold_the_kept_heads():
+    from p2d_llamafactory.checks import check_head_ratio
+
+    layout = SimpleNamespace(total_heads=12, num_layers=3, num_heads=4)
+    with pytest.raises(ValueError, match=r"`p2d_head_trainable_layers` must be a nonzero integer .* got 0"):
+        P2DArguments(p2d_head_trainable_layers=0)
+    for count in (-3, -1, 1, 3):
+        check_head_ratio(0.25, layout, count)  # 3 heads fit in any one layer of 4 heads
+    for count in (4, -4):
+        with pytest.raises(
+            ValueError, match=r"more layers than this model's 3; use a value in \[1, 3\] .* \[-3, -1\]"
+        ):
+            check_head_ratio(0.25, layout, count)
+    with pytest.raises(
+        ValueError, match=r"keeps 6 heads, but the last 1 layers .* hold only 4; allow at least 2 layers"
+    ):
+        check_head_ratio(0.5, layout, 1)
+    with pytest.raises(ValueError, match=r"keeps 6 heads, but the first 1 layers"):
+        check_head_ratio(0.5, layout, -1)
+    check_head_ratio(0.5, layout, -2)
 
 
 def _scores_file(settings):

@@ -29,7 +29,7 @@ from .heatmap import plot_head_heatmap
 from .layout import AttentionLayout, find_attention_layout
 from .proxy import make_batches, micro_batch_tokens, sample_indices, train_proxy
 from .proxy_memory import check_proxy_fits
-from .scoring import gradient_scores, random_scores, select_top, weight_scores
+from .scoring import gradient_scores, random_scores, select_top, trainable_layers, weight_scores
 
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ def identify_heads(
         return _found_in_this_run(inputs, args, layout)
 
     num_selected = count_for_ratio(args.p2d_head_ratio, layout.total_heads)
+    layers = trainable_layers(layout.num_layers, args.p2d_head_trainable_layers)
     examples, settings = plan_identification(inputs.examples, args, inputs.model_name)
     out_path = Path(inputs.output_dir) / HEADS_FILE if inputs.output_dir and rank() == 0 else None
     previous = reusable_identification(inputs.output_dir, settings, layout) if rank() == 0 else None
@@ -149,12 +150,13 @@ def identify_heads(
         return previous
 
     logger.info(
-        "P2D: stage I, head identification (%s): %d examples, %d proxy steps, keeping %d of %d heads%s",
+        "P2D: stage I, head identification (%s): %d examples, %d proxy steps, keeping %d of %d heads%s%s",
         args.p2d_head_selection,
         len(examples),
         args.p2d_fhi_steps,
         num_selected,
         layout.total_heads,
+        f" from layers {layers.start}-{layers.stop - 1}" if len(layers) < layout.num_layers else "",
         f", the micro-batches shared by {world_size()} ranks" if world_size() > 1 else "",
     )
     timings: dict[str, float] = {}
@@ -181,7 +183,7 @@ def identify_heads(
         del other
         _free_memory()
     timings["total_seconds"] = time.perf_counter() - start
-    check_scores(scores, args, num_selected)
+    check_scores(scores[layers.start : layers.stop], args, num_selected)  # the cut among the selectable heads
 
     head_set = HeadSet(
         model=inputs.model_name,
@@ -190,7 +192,7 @@ def identify_heads(
         seed=args.p2d_seed,
         ratio=args.p2d_head_ratio,
         scores=scores.tolist(),
-        selected=select_top(scores, num_selected),
+        selected=select_top(scores, num_selected, layers),
         settings=settings,
         timings=timings,
         proxy_loss=proxy_loss,

@@ -28,7 +28,7 @@ from .headset import HeadSet, reusable_head_set
 from .identify import tokenized_fingerprint
 from .layout import AttentionLayout
 from .proxy import Batch, make_batches
-from .scoring import select_top
+from .scoring import select_top, trainable_layers
 
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,11 @@ def select_lofit_heads(
         seed=args.p2d_seed,
         ratio=args.p2d_head_ratio,
         scores=norms.tolist(),
-        selected=select_top(norms, count_for_ratio(args.p2d_head_ratio, layout.total_heads)),
+        selected=select_top(
+            norms,
+            count_for_ratio(args.p2d_head_ratio, layout.total_heads),
+            trainable_layers(layout.num_layers, args.p2d_head_trainable_layers),
+        ),
         settings=settings,
         timings={"total_seconds": seconds},
         proxy_loss=losses,

@@ -156,11 +156,22 @@ def random_scores(layout: AttentionLayout, seed: int) -> torch.Tensor:
     return torch.rand(layout.num_layers, layout.num_heads, generator=generator, dtype=torch.float64)
 
 
-def select_top(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
-    """The k highest-scoring (layer, head) pairs; ties go to the lower (layer, head). Sorted by position."""
-    flat = scores.detach().cpu().double().numpy().ravel()
+def trainable_layers(num_layers: int, count: int | None) -> range:
+    """The layers whose heads may be selected under ``p2d_head_trainable_layers`` (LLaMA-Factory's
+    ``freeze_trainable_layers`` rule): ``count`` > 0 the last ``count`` layers, < 0 the first ``-count``, None (or 0)
+    every layer."""
+    if not count:
+        return range(num_layers)
+    return range(num_layers - count, num_layers) if count > 0 else range(-count)
+
+
+def select_top(scores: torch.Tensor, k: int, layers: range | None = None) -> list[tuple[int, int]]:
+    """The k highest-scoring (layer, head) pairs, among the heads of ``layers`` only (default: every layer); ties go
+    to the lower (layer, head). Sorted by position."""
+    layers = range(scores.shape[0]) if layers is None else layers
+    flat = scores[layers.start : layers.stop].detach().cpu().double().numpy().ravel()
     if np.isnan(flat).any():
         raise ValueError("Head scores contain NaN; the proxy training diverged (lower `p2d_fhi_lr`).")
     order = np.lexsort((np.arange(flat.size), -flat))[:k]
     num_heads = scores.shape[1]
-    return sorted((int(i) // num_heads, int(i) % num_heads) for i in order)
+    return sorted((layers.start + int(i) // num_heads, int(i) % num_heads) for i in order)

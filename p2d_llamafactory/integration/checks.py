@@ -40,7 +40,7 @@ def check_model_for_p2d(model_args: Any, finetuning_args: Any, do_train: bool) -
         layout = layout_from_config(config)
     except UnsupportedModelError as err:
         raise ValueError(f"{method} cannot find this model's heads: {err}") from None
-    check_head_ratio(finetuning_args.p2d_head_ratio, layout)
+    check_head_ratio(finetuning_args.p2d_head_ratio, layout, finetuning_args.p2d_head_trainable_layers)
     check_head_sources(finetuning_args, config, layout)
 
 

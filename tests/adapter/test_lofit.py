@@ -290,6 +290,7 @@ def test_lofit_with_p2d_selection_needs_a_heads_file(make_args):
 
 LOFIT_OTHER_VALUES = {
     "p2d_head_ratio": 0.5,
+    "p2d_head_trainable_layers": 2,
     "p2d_seed": 4,
     "p2d_lofit_l1_lambda": 1e-3,
     "p2d_lofit_select_lr": 1e-2,

@@ -145,6 +145,19 @@ def test_random_heads_are_the_top_of_seeded_uniform_scores(fhi, monkeypatch):
     assert other.scores != head_set.scores and other.selected != head_set.selected
 
 
+@pytest.mark.parametrize("method", ["random", "w1"])
+def test_trainable_layers_confine_the_selection_and_keep_every_score(fhi, method):
+    keys = {"p2d_head_ratio": 0.25, "p2d_head_selection": method, "p2d_fhi_samples": 6, "p2d_fhi_steps": 1}
+    everywhere = identify_heads(fhi(output_dir=None), P2DArguments(**keys, p2d_fhi_lr=1e-2))
+    last = identify_heads(fhi(output_dir=None), P2DArguments(**keys, p2d_fhi_lr=1e-2, p2d_head_trainable_layers=1))
+    first = identify_heads(fhi(output_dir=None), P2DArguments(**keys, p2d_fhi_lr=1e-2, p2d_head_trainable_layers=-2))
+    assert last.scores == everywhere.scores == first.scores  # the ranking is the model's; only the choice narrows
+    scores = torch.tensor(everywhere.scores, dtype=torch.float64)
+    assert last.selected == [(layer + 2, head) for layer, head in top_heads(scores[2:].numpy(), 3)]
+    assert first.selected == top_heads(scores[:2].numpy(), 3) and {l for l, _ in first.selected} <= {0, 1}
+    assert last.settings["p2d_head_trainable_layers"] == 1 and everywhere.settings["p2d_head_trainable_layers"] is None
+
+
 def test_cosine_scores_the_base_against_its_proxy(fhi, monkeypatch):
     proxies = []
     real = identify_module.train_proxy

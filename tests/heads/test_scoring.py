@@ -11,6 +11,7 @@ from p2d_llamafactory.heads.scoring import (
     head_distributions,
     random_scores,
     select_top,
+    trainable_layers,
     w1_distance,
     weight_scores,
 )
@@ -155,6 +156,16 @@ def test_select_top_breaks_ties_by_position_and_is_sorted():
     assert select_top(scores, 4) == [(0, 1), (0, 2), (1, 0), (1, 2)]
     with pytest.raises(ValueError, match="NaN"):
         select_top(torch.tensor([[float("nan"), 1.0]]), 1)
+
+
+def test_select_top_within_trainable_layers():
+    assert trainable_layers(4, None) == trainable_layers(4, 0) == range(4)
+    assert trainable_layers(4, 1) == range(3, 4) and trainable_layers(4, -2) == range(2)
+    scores = torch.tensor([[9.0, 8.0], [1.0, 3.0], [2.0, 0.5]], dtype=torch.float64)
+    assert select_top(scores, 2) == [(0, 0), (0, 1)]
+    assert select_top(scores, 2, trainable_layers(3, 2)) == [(1, 1), (2, 0)]  # layer 0's high scores are out
+    assert select_top(scores, 1, trainable_layers(3, -2)) == [(0, 0)]
+    assert select_top(scores, 2, range(2, 3)) == [(2, 0), (2, 1)]
 
 
 def test_random_scores_are_seeded_uniform_draws():

@@ -67,6 +67,12 @@ BAD_VALUES = [
         {"p2d_head_ratio": 0.01},
         r"`p2d_head_ratio: 0.01` selects 0 of the 12 heads.*\[0.0417, 1\] \(0.0417 keeps 1 head\)",
     ),
+    ({"p2d_head_trainable_layers": 0}, r"`p2d_head_trainable_layers` must be a nonzero integer"),
+    ({"p2d_head_trainable_layers": 4}, r"`p2d_head_trainable_layers: 4` asks for more layers than this model's 3"),
+    (
+        {"p2d_head_ratio": 0.5, "p2d_head_trainable_layers": 1},
+        r"`p2d_head_ratio: 0.5` keeps 6 heads, but the last 1 layers .* hold only 4; allow at least 2 layers",
+    ),
     ({"p2d_head_modules": "q,x"}, r"`p2d_head_modules` takes a comma-separated subset of q, k, v, o"),
     (
         {"finetuning_type": "lora", "p2d_head_modules": "q"},
