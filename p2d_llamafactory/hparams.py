@@ -160,7 +160,7 @@ class HeadArguments:
         None,
         "Select heads only in these layers (LLaMA-Factory's freeze_trainable_layers rule): n > 0 the last n layers, "
         "n < 0 the first n. Heads confined to the last layers train faster (the backward pass stops below them) "
-        "but trained 2.2-3.2 ROUGE-L points lower on BioInstruct (docs/head_choice.md). Default: every layer.",
+        "but trained about 3 ROUGE-L points lower on BioInstruct (docs/head_choice.md). Default: every layer.",
         "heads",
         ("heads", "lofit"),
     )
