@@ -3,8 +3,8 @@
 Takes stage I's seeded FHI sample of a CPU-twin pool (``sample_indices``, ``api.tokenize_examples``), builds its
 micro-batches both ways (``make_batches(..., by_length=True)``, the default, and ``by_length=False``) and times one
 full-batch proxy step (``train_proxy``, ``--steps`` steps) of each, alternating ``--rounds`` times on the same
-loaded model (after one untimed warm-up step; the order flips each round). Prints the padded and real tokens of each layout, the median step time, the ratio, and the loss of
-each (the same full-batch loss, up to float32 rounding).
+loaded model (after one untimed warm-up step; the order flips each round). Prints the padded and real tokens of each
+layout, the median step time, the ratio, and the loss of each (the same full-batch loss, up to float32 rounding).
 
     python benchmarks/bench_fhi_batches.py --model-dir models/SmolLM2-135M-Instruct --dataset bioinstruct \
         --samples 100 --rounds 2

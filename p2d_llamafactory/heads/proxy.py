@@ -59,8 +59,7 @@ def make_batches(
     are full-batch (the mean token loss over all micro-batches), so the grouping does not change a step.
     """
     longest = max(len(ex["input_ids"]) for ex in examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"])) if by_length else None
-    ordered = [examples[i] for i in order] if order is not None else list(examples)
+    ordered = sorted(examples, key=lambda ex: len(ex["input_ids"])) if by_length else list(examples)
     batches = []
     for start in range(0, len(ordered), micro_batch_size):
         chunk = ordered[start : start + micro_batch_size]
